@@ -1,0 +1,1 @@
+//! Config file: parse (TOML) and validate into a [`crate::model::Model`].

@@ -1,0 +1,9 @@
+//! natlb: a control plane for Linux NAT gateways.
+//!
+//! The pipeline, one module each:
+//! `config` (parse + validate) → `model` (desired state) → `render` (pure: model + health →
+//! ruleset description) → `nft` (netlink encode + send: the only code that touches the kernel's
+//! tables) → `reconcile` (diff desired vs installed, one batch per change), driven by `daemon`.
+
+pub mod config;
+pub mod model;

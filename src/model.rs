@@ -1,0 +1,163 @@
+//! The desired state: a validated, typed view of the config.
+//!
+//! Everything here has already passed validation (see `config`), so the rest of natlb can rely on
+//! its invariants: service names and VIP keys are unique, every backend has the VIP's address
+//! family, weights are in range and durations are positive.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// The whole desired state of one natlb instance.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Model {
+    pub daemon: Daemon,
+    pub conntrack: Conntrack,
+    /// Other kernel knobs, by sysctl name (`net.ipv4.ip_forward`).
+    pub sysctl: BTreeMap<String, i64>,
+    pub services: Vec<Service>,
+    pub egress: Vec<Egress>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Daemon {
+    /// Name of the one `inet` table natlb owns.
+    pub table: String,
+    pub control_socket: PathBuf,
+    pub state_dir: PathBuf,
+    pub metrics: Option<SocketAddr>,
+    pub keep_rules_on_exit: bool,
+}
+
+/// `[conntrack]`: every knob is optional; `None` leaves the kernel's value alone.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Conntrack {
+    pub max: Option<u64>,
+    pub buckets: Option<u64>,
+    pub tcp_timeout_established: Option<u64>,
+    pub tcp_timeout_time_wait: Option<u64>,
+    pub udp_timeout: Option<u64>,
+    pub udp_timeout_stream: Option<u64>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Protocol {
+    Tcp,
+    Udp,
+}
+
+impl Protocol {
+    /// IANA protocol number, as `meta l4proto` sees it.
+    pub fn number(self) -> u8 {
+        match self {
+            Protocol::Tcp => 6,
+            Protocol::Udp => 17,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Protocol::Tcp => "tcp",
+            Protocol::Udp => "udp",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scheduler {
+    Weighted,
+    RoundRobin,
+    SourceHash,
+    LeastConn,
+}
+
+/// Source NAT applied to load-balanced traffic on its way to a backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Snat {
+    /// Rewrite the client address to the gateway's address on the backend-facing interface.
+    Masquerade,
+    /// Keep the client address (backends must route replies through the gateway).
+    None,
+    /// Rewrite the client address to this address.
+    Address(IpAddr),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnAllDown {
+    Reject,
+    Drop,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HealthKind {
+    Tcp,
+    Http { path: String },
+    Udp,
+    Exec,
+    None,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Health {
+    pub kind: HealthKind,
+    pub interval: Duration,
+    pub timeout: Duration,
+    pub rise: u32,
+    pub fall: u32,
+}
+
+/// The key the data plane classifies a service's packets by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Vip {
+    pub addr: IpAddr,
+    pub protocol: Protocol,
+    pub port: u16,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Service {
+    pub name: String,
+    pub vip: Vip,
+    pub scheduler: Scheduler,
+    pub persistence: Option<Duration>,
+    pub snat: Snat,
+    pub on_all_down: OnAllDown,
+    pub health: Health,
+    pub backends: Vec<Backend>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Backend {
+    /// Address and port; the port defaults to the VIP's port.
+    pub address: SocketAddr,
+    /// Share of traffic relative to the service's other backends; 0 = drained.
+    pub weight: u32,
+    /// Used only while no primary (non-backup) backend is up.
+    pub backup: bool,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Egress {
+    pub name: String,
+    pub source: Vec<IpNet>,
+    pub out_interface: String,
+    pub snat: EgressSnat,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum EgressSnat {
+    Masquerade,
+    /// Addresses or ranges (`a-b`) to spread sources across.
+    To(Vec<String>),
+}
+
+/// An address prefix (`10.0.0.0/16`, `fd00::/8`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IpNet {
+    pub addr: IpAddr,
+    pub prefix: u8,
+}
+
+/// The largest weight a backend may have; keeps slot arithmetic in `u32` without overflow.
+pub const MAX_WEIGHT: u32 = 10_000;
