@@ -1,0 +1,375 @@
+//! natlb's fixed table layout: the sets, maps, chains and rules that never change.
+//!
+//! The human-readable spec of this layout is `nft-templates/natlb.nft`; this file builds the same
+//! objects as data for the netlink encoder. A test installs both and compares `nft list table`,
+//! so the two can never drift apart.
+
+use super::ruleset::{
+    ChainSpec, CmpOp, Expr, Family, Field, Hook, NatKind, RuleSpec, SetSpec,
+};
+use crate::model::Protocol;
+
+/// The slot-table sizes a service can use. Each size costs one rule per family and hook, and a
+/// new connection walks these rules until its service's size matches (set lookups, first packet
+/// only); sizes 1..=16 give exact shares to any equal-weight group of up to 16 backends, the
+/// larger ones approximate finer weights and hold up to 256 backends.
+pub const SLOT_CLASSES: [u32; 20] = [
+    1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 32, 64, 128, 256,
+];
+
+/// The largest slot table, which is also how many backends one service can have.
+pub const MAX_SLOTS: u32 = 256;
+
+/// The template the layout is written in; `natlb render` fills it.
+pub const TEMPLATE: &str = include_str!("../../nft-templates/natlb.nft");
+
+pub const FAMILIES: [Family; 2] = [Family::V4, Family::V6];
+
+pub fn vip_key(f: Family) -> Vec<Field> {
+    vec![Field::Daddr(f), Field::L4proto, Field::Dport]
+}
+
+pub fn slot_key(f: Family) -> Vec<Field> {
+    vec![
+        Field::Daddr(f),
+        Field::L4proto,
+        Field::Dport,
+        Field::Slot { modulus: MAX_SLOTS },
+    ]
+}
+
+pub fn endpoint_data(f: Family) -> Vec<Field> {
+    vec![Field::Daddr(f), Field::Dport]
+}
+
+pub fn class_set_name(f: Family, slots: u32) -> String {
+    format!("svc{}_mod{slots}", f.digit())
+}
+
+pub fn slots_map_name(f: Family) -> String {
+    format!("slots{}", f.digit())
+}
+
+pub fn snat_masq_set_name(f: Family) -> String {
+    format!("snat_masq{}", f.digit())
+}
+
+pub fn snat_addr_map_name(f: Family) -> String {
+    format!("snat_addr{}", f.digit())
+}
+
+fn family_name(f: Family) -> &'static str {
+    match f {
+        Family::V4 => "IPv4",
+        Family::V6 => "IPv6",
+    }
+}
+
+/// The table's comment, which names the layout version: a hash of the template and the slot
+/// sizes. A natlb that finds its table with another comment replaces the table atomically.
+pub fn table_comment() -> String {
+    // FNV-1a: stable across builds and platforms, unlike std's hasher.
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    let classes = format!("{SLOT_CLASSES:?}");
+    for b in TEMPLATE.bytes().chain(classes.bytes()) {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    format!("managed by natlb; layout {:012x}", h & 0xffff_ffff_ffff)
+}
+
+/// Every set and map, in the order the template declares them (nft lists them in that order).
+pub fn sets() -> Vec<SetSpec> {
+    let mut out = Vec::new();
+    for f in FAMILIES {
+        for t in SLOT_CLASSES {
+            out.push(SetSpec {
+                name: class_set_name(f, t),
+                key: vip_key(f),
+                data: vec![],
+                counter: false,
+                comment: format!("{} services with {t} slots", family_name(f)),
+            });
+        }
+    }
+    for f in FAMILIES {
+        out.push(SetSpec {
+            name: slots_map_name(f),
+            key: slot_key(f),
+            data: endpoint_data(f),
+            counter: true,
+            comment: format!(
+                "{} service slot -> backend; counts new connections",
+                family_name(f)
+            ),
+        });
+    }
+    for f in FAMILIES {
+        out.push(SetSpec {
+            name: snat_masq_set_name(f),
+            key: vip_key(f),
+            data: vec![],
+            counter: false,
+            comment: format!(
+                "{} services whose backends see the gateway's address",
+                family_name(f)
+            ),
+        });
+    }
+    for f in FAMILIES {
+        out.push(SetSpec {
+            name: snat_addr_map_name(f),
+            key: vip_key(f),
+            data: vec![Field::Saddr(f)],
+            counter: false,
+            comment: format!(
+                "{} services whose backends see a fixed source address",
+                family_name(f)
+            ),
+        });
+    }
+    out
+}
+
+pub fn chains() -> Vec<ChainSpec> {
+    let dnat_rules: Vec<RuleSpec> = FAMILIES
+        .iter()
+        .flat_map(|&f| SLOT_CLASSES.iter().map(move |&t| dnat_rule(f, t)))
+        .collect();
+    let mut snat_rules = Vec::new();
+    for f in FAMILIES {
+        for masquerade in [true, false] {
+            for p in [Protocol::Tcp, Protocol::Udp] {
+                snat_rules.push(snat_rule(f, p, masquerade));
+            }
+        }
+    }
+    vec![
+        ChainSpec {
+            name: "prerouting".into(),
+            hook: Hook::Prerouting,
+            priority: libc::NF_IP_PRI_NAT_DST,
+            rules: dnat_rules.clone(),
+        },
+        ChainSpec {
+            name: "output".into(),
+            hook: Hook::Output,
+            priority: libc::NF_IP_PRI_NAT_DST,
+            rules: dnat_rules,
+        },
+        ChainSpec {
+            name: "postrouting".into(),
+            hook: Hook::Postrouting,
+            priority: libc::NF_IP_PRI_NAT_SRC,
+            rules: snat_rules,
+        },
+    ]
+}
+
+/// nft stores a concatenation in consecutive 4-byte registers starting at `NFT_REG_1`; it names
+/// a 16-byte-aligned one by its 16-byte register (`NFT_REG_n`) and any other by its 4-byte one
+/// (`NFT_REG32_xx`). `word` counts 4-byte words from the start of the register file (the verdict
+/// register takes words 0..4).
+fn reg_at_word(word: u32) -> u32 {
+    if word.is_multiple_of(4) {
+        word / 4
+    } else {
+        word + (libc::NFT_REG32_00 as u32 - 4)
+    }
+}
+
+const REG1_WORD: u32 = 4;
+
+/// Loads `ip daddr . meta l4proto . th dport` into consecutive registers from `NFT_REG_1`;
+/// `daddr` is a packet field (`Some(family)`) or, for SNAT, the conntrack original destination.
+fn load_vip_key(f: Family, from_conntrack: bool, out: &mut Vec<Expr>) -> u32 {
+    let mut word = REG1_WORD;
+    if from_conntrack {
+        out.push(Expr::Ct {
+            key: match f {
+                Family::V4 => libc::NFT_CT_DST_IP as u32,
+                Family::V6 => libc::NFT_CT_DST_IP6 as u32,
+            },
+            dir: Some(IP_CT_DIR_ORIGINAL),
+            dreg: reg_at_word(word),
+        });
+    } else {
+        out.push(Expr::Payload {
+            base: libc::NFT_PAYLOAD_NETWORK_HEADER as u32,
+            offset: match f {
+                Family::V4 => 16,
+                Family::V6 => 24,
+            },
+            len: f.addr_len(),
+            dreg: reg_at_word(word),
+        });
+    }
+    word += f.addr_len() / 4;
+    out.push(Expr::Meta {
+        key: libc::NFT_META_L4PROTO as u32,
+        dreg: reg_at_word(word),
+    });
+    word += 1;
+    if from_conntrack {
+        out.push(Expr::Ct {
+            key: libc::NFT_CT_PROTO_DST as u32,
+            dir: Some(IP_CT_DIR_ORIGINAL),
+            dreg: reg_at_word(word),
+        });
+    } else {
+        out.push(Expr::Payload {
+            base: libc::NFT_PAYLOAD_TRANSPORT_HEADER as u32,
+            offset: 2,
+            len: 2,
+            dreg: reg_at_word(word),
+        });
+    }
+    word + 1
+}
+
+const REG1: u32 = libc::NFT_REG_1 as u32;
+/// `IPS_DST_NAT` of `enum ip_conntrack_status`: the connection was DNATed.
+const IPS_DST_NAT: u32 = 1 << 5;
+/// `IP_CT_DIR_ORIGINAL` of `enum ip_conntrack_dir`.
+const IP_CT_DIR_ORIGINAL: u8 = 0;
+
+/// `ip daddr . meta l4proto . th dport @svc4_modT dnat ip to ip daddr . meta l4proto . th dport
+/// . numgen random mod T map @slots4`
+fn dnat_rule(f: Family, slots: u32) -> RuleSpec {
+    let mut e = vec![
+        Expr::Meta {
+            key: libc::NFT_META_NFPROTO as u32,
+            dreg: REG1,
+        },
+        Expr::Cmp {
+            sreg: REG1,
+            op: CmpOp::Eq,
+            data: vec![f.nfproto()],
+        },
+    ];
+    load_vip_key(f, false, &mut e);
+    e.push(Expr::Lookup {
+        sreg: REG1,
+        set: class_set_name(f, slots),
+        dreg: None,
+    });
+    let slot_word = load_vip_key(f, false, &mut e);
+    e.push(Expr::Numgen {
+        dreg: reg_at_word(slot_word),
+        modulus: slots,
+    });
+    e.push(Expr::Lookup {
+        sreg: REG1,
+        set: slots_map_name(f),
+        dreg: Some(REG1),
+    });
+    e.push(Expr::Nat {
+        kind: NatKind::Dnat,
+        family: f,
+        addr_reg: REG1,
+        proto_reg: Some(reg_at_word(REG1_WORD + f.addr_len() / 4)),
+    });
+    RuleSpec {
+        exprs: e,
+        comment: String::new(),
+    }
+}
+
+/// `meta l4proto P ct status dnat ct original ip daddr . meta l4proto . ct original proto-dst
+/// @snat_masq4 masquerade`, or the `snat ip to ... map @snat_addr4` variant.
+fn snat_rule(f: Family, p: Protocol, masquerade: bool) -> RuleSpec {
+    let mut e = vec![
+        Expr::Meta {
+            key: libc::NFT_META_L4PROTO as u32,
+            dreg: REG1,
+        },
+        Expr::Cmp {
+            sreg: REG1,
+            op: CmpOp::Eq,
+            data: vec![p.number()],
+        },
+        Expr::Ct {
+            key: libc::NFT_CT_STATUS as u32,
+            dir: None,
+            dreg: REG1,
+        },
+        Expr::Bitwise {
+            sreg: REG1,
+            dreg: REG1,
+            mask: (IPS_DST_NAT).to_ne_bytes().to_vec(),
+            xor: vec![0; 4],
+        },
+        Expr::Cmp {
+            sreg: REG1,
+            op: CmpOp::Neq,
+            data: vec![0; 4],
+        },
+    ];
+    load_vip_key(f, true, &mut e);
+    if masquerade {
+        e.push(Expr::Lookup {
+            sreg: REG1,
+            set: snat_masq_set_name(f),
+            dreg: None,
+        });
+        e.push(Expr::Masquerade);
+    } else {
+        e.push(Expr::Lookup {
+            sreg: REG1,
+            set: snat_addr_map_name(f),
+            dreg: Some(REG1),
+        });
+        e.push(Expr::Nat {
+            kind: NatKind::Snat,
+            family: f,
+            addr_reg: REG1,
+            proto_reg: None,
+        });
+    }
+    RuleSpec {
+        exprs: e,
+        comment: String::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn registers_follow_nft() {
+        // As `nft --debug=netlink` prints for the v4 and v6 dnat rules.
+        assert_eq!(reg_at_word(4), 1);
+        assert_eq!(reg_at_word(5), 9);
+        assert_eq!(reg_at_word(6), 10);
+        assert_eq!(reg_at_word(7), 11);
+        assert_eq!(reg_at_word(8), 2);
+        assert_eq!(reg_at_word(9), 13);
+        assert_eq!(reg_at_word(10), 14);
+    }
+
+    #[test]
+    fn every_rule_names_a_declared_set() {
+        let names: Vec<String> = sets().into_iter().map(|s| s.name).collect();
+        for c in chains() {
+            for r in c.rules {
+                for e in r.exprs {
+                    if let Expr::Lookup { set, .. } = e {
+                        assert!(names.contains(&set), "{set} is not declared");
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn template_mentions_every_set() {
+        for s in sets() {
+            let generic = match s.name.find("_mod") {
+                Some(i) => format!("{}{{T}}", &s.name[..i + 4]),
+                None => s.name.clone(),
+            };
+            assert!(TEMPLATE.contains(&format!(" {generic} {{")), "{generic} missing from template");
+        }
+    }
+}

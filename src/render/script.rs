@@ -1,0 +1,71 @@
+//! Prints a [`Ruleset`] as an nft script, from the template in `nft-templates/`.
+
+use std::fmt::Write;
+
+use super::layout::{SLOT_CLASSES, TEMPLATE};
+use super::ruleset::{Ruleset, Value};
+
+/// Elements per `add element` statement: keeps each statement (and nft's memory) moderate.
+const ELEMENTS_PER_STATEMENT: usize = 4096;
+
+/// The ruleset as a script that `nft -f` loads. It creates the table, deletes it (so that loading
+/// it over an existing table replaces it atomically) and creates it again with all content.
+pub fn to_script(rs: &Ruleset) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "# Rendered by natlb {}. Load with `nft -f`.\n\
+         # Replaces table inet {} as a whole, in one transaction.\n\
+         table inet {}\ndelete table inet {}",
+        env!("CARGO_PKG_VERSION"),
+        rs.table,
+        rs.table,
+        rs.table
+    );
+    for line in TEMPLATE.lines() {
+        let line = line
+            .replace("{table}", &rs.table)
+            .replace("{comment}", &rs.comment);
+        if line.contains("{T}") {
+            for t in SLOT_CLASSES {
+                out.push_str(&line.replace("{T}", &t.to_string()));
+                out.push('\n');
+            }
+        } else {
+            out.push_str(&line);
+            out.push('\n');
+        }
+    }
+    for (set, elements) in &rs.elements {
+        let entries: Vec<_> = elements.iter().collect();
+        for chunk in entries.chunks(ELEMENTS_PER_STATEMENT) {
+            let _ = writeln!(out, "add element inet {} {} {{", rs.table, set);
+            for (i, (key, entry)) in chunk.iter().enumerate() {
+                let sep = if i + 1 == chunk.len() { "" } else { "," };
+                let data = if entry.data.is_empty() {
+                    String::new()
+                } else {
+                    format!(" : {}", join(&entry.data))
+                };
+                let _ = writeln!(
+                    out,
+                    "\t{} comment \"{}\"{}{}",
+                    join(key),
+                    entry.comment,
+                    data,
+                    sep
+                );
+            }
+            out.push_str("}\n");
+        }
+    }
+    out
+}
+
+fn join(values: &[Value]) -> String {
+    values
+        .iter()
+        .map(|v| v.to_string())
+        .collect::<Vec<_>>()
+        .join(" . ")
+}
