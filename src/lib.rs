@@ -8,3 +8,4 @@
 pub mod config;
 pub mod model;
 pub mod render;
+pub mod nft;

@@ -1,0 +1,243 @@
+//! nft: encode natlb's table as nf_tables netlink messages, send them as one batch, and read the
+//! table back. The only code that touches the kernel's tables, and only natlb's own table.
+
+pub mod batch;
+pub mod dump;
+pub mod encode;
+pub mod error;
+pub mod socket;
+pub mod udata;
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use nftnl::MsgType;
+
+use crate::render::ruleset::{Entry, Ruleset, SetSpec, Value, decode_values};
+use encode::{ChainMsg, RuleMsg, SetMsg, TableMsg};
+pub use error::{KernelError, NftError};
+
+/// Element changes to one set.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SetDelta {
+    pub set: String,
+    pub remove: Vec<Vec<Value>>,
+    pub add: Vec<(Vec<Value>, Entry)>,
+}
+
+/// One step of a transaction. A transaction is a list of steps sent as one batch.
+#[derive(Debug, Clone, Copy)]
+pub enum Change<'a> {
+    /// Remove table `inet NAME` if it exists (NEWTABLE then DELTABLE: no error if absent).
+    DropTable(&'a str),
+    /// Create the whole table. After `DropTable` of the same name this is an atomic replace.
+    CreateTable(&'a Ruleset),
+    /// Element deltas in an existing table.
+    Elements {
+        table: &'a str,
+        deltas: &'a [SetDelta],
+    },
+}
+
+/// What a commit cost.
+#[derive(Debug, Clone, Copy)]
+pub struct CommitStats {
+    pub messages: usize,
+    pub bytes: usize,
+    /// Time to build the batch in user space.
+    pub encode: Duration,
+    /// Time from sending the batch to the kernel's last answer: the kernel's commit.
+    pub kernel: Duration,
+    pub generation: u32,
+}
+
+/// What natlb finds under its table's name.
+#[derive(Debug)]
+pub enum Installed {
+    Absent,
+    /// A table that natlb cannot adopt element by element (another layout version, a missing
+    /// set, an element it cannot read): it is replaced as a whole, atomically.
+    Foreign { reason: String },
+    Ours(Ruleset),
+}
+
+pub struct Nft {
+    sock: socket::Socket,
+}
+
+fn describe(key: &[Value]) -> String {
+    key.iter()
+        .map(|v| v.to_string())
+        .collect::<Vec<_>>()
+        .join(" . ")
+}
+
+impl Nft {
+    pub fn open() -> Result<Nft, NftError> {
+        Ok(Nft {
+            sock: socket::Socket::open()?,
+        })
+    }
+
+    /// Builds the changes into one batch and commits it: the kernel applies all or nothing.
+    pub fn apply(&mut self, changes: &[Change<'_>]) -> Result<CommitStats, NftError> {
+        let started = Instant::now();
+        let mut b = self.sock.batch();
+        for change in changes {
+            match *change {
+                Change::DropTable(name) => {
+                    let t = TableMsg::new(name, None);
+                    b.push(&t, MsgType::Add, format!("making sure table inet {name} exists"));
+                    b.push(&t, MsgType::Del, format!("deleting table inet {name}"));
+                }
+                Change::CreateTable(rs) => create_table(&mut b, rs),
+                Change::Elements { table, deltas } => {
+                    for d in deltas {
+                        for (msg, n) in SetMsg::del_elements(table, &d.set, &d.remove) {
+                            b.push(&msg, MsgType::Del, format!("removing {n} element(s) from {} (first: {})", d.set, describe(&d.remove[0])));
+                        }
+                    }
+                    for d in deltas {
+                        let mut at = 0;
+                        for (msg, n) in SetMsg::add_elements(table, &d.set, d.add.iter().map(|(k, e)| (k, e))) {
+                            let first = &d.add[at];
+                            b.push(&msg, MsgType::Add, format!("adding {n} element(s) to {} (first: {} \"{}\")", d.set, describe(&first.0), first.1.comment));
+                            at += n;
+                        }
+                    }
+                }
+            }
+        }
+        let messages = b.messages();
+        let finished = b.finish();
+        let bytes = finished.bytes().len();
+        let encode = started.elapsed();
+        let sent = Instant::now();
+        let generation = self.sock.commit(finished)?;
+        Ok(CommitStats {
+            messages,
+            bytes,
+            encode,
+            kernel: sent.elapsed(),
+            generation,
+        })
+    }
+
+    /// Reads table `inet NAME` back, to adopt it: its elements, if its layout is `layout`'s.
+    pub fn read_installed(&mut self, layout: &Ruleset) -> Result<Installed, NftError> {
+        let comment = match dump::table_comment(&mut self.sock, &layout.table)? {
+            None => return Ok(Installed::Absent),
+            Some(c) => c,
+        };
+        if comment != layout.comment {
+            return Ok(Installed::Foreign {
+                reason: format!(
+                    "its comment is {comment:?}, not {:?} (another natlb version or not natlb's)",
+                    layout.comment
+                ),
+            });
+        }
+        let mut rs = layout.clone();
+        for spec in &layout.sets {
+            match self.read_set(&layout.table, spec)? {
+                Ok(elements) => {
+                    rs.elements.insert(spec.name.clone(), elements);
+                }
+                Err(reason) => return Ok(Installed::Foreign { reason }),
+            }
+        }
+        Ok(Installed::Ours(rs))
+    }
+
+    fn read_set(
+        &mut self,
+        table: &str,
+        spec: &SetSpec,
+    ) -> Result<Result<BTreeMap<Vec<Value>, Entry>, String>, NftError> {
+        let Some(raw) = dump::set_elements(&mut self.sock, table, &spec.name)? else {
+            return Ok(Err(format!("it has no set {}", spec.name)));
+        };
+        let mut out = BTreeMap::new();
+        for e in raw {
+            let key = decode_values(&spec.key, &e.key);
+            let data = if spec.is_map() {
+                decode_values(&spec.data, &e.data)
+            } else {
+                Some(vec![])
+            };
+            match (key, data) {
+                (Some(key), Some(data)) => {
+                    out.insert(
+                        key,
+                        Entry {
+                            data,
+                            comment: e.comment.unwrap_or_default(),
+                        },
+                    );
+                }
+                _ => {
+                    return Ok(Err(format!(
+                        "set {} holds an element natlb did not write",
+                        spec.name
+                    )));
+                }
+            }
+        }
+        Ok(Ok(out))
+    }
+}
+
+fn create_table(b: &mut batch::Batch, rs: &Ruleset) {
+    let table = &rs.table;
+    b.push(
+        &TableMsg::new(table, Some(&rs.comment)),
+        MsgType::Add,
+        format!("creating table inet {table}"),
+    );
+    // Set ids name the sets to the rules of this same batch; 0 means "none", so start at 1.
+    let set_id = |name: &str| -> u32 {
+        rs.sets
+            .iter()
+            .position(|s| s.name == name)
+            .map(|i| i as u32 + 1)
+            .unwrap_or(0)
+    };
+    for (i, s) in rs.sets.iter().enumerate() {
+        b.push(
+            &SetMsg::declare(table, s, i as u32 + 1),
+            MsgType::Add,
+            format!("declaring set {}", s.name),
+        );
+    }
+    for c in &rs.chains {
+        b.push(
+            &ChainMsg::new(table, c),
+            MsgType::Add,
+            format!("creating chain {}", c.name),
+        );
+        for (i, r) in c.rules.iter().enumerate() {
+            b.push(
+                &RuleMsg::new(table, &c.name, &r.exprs, &r.comment, set_id),
+                MsgType::Add,
+                format!("adding rule {} of chain {}", i + 1, c.name),
+            );
+        }
+    }
+    for (set, elements) in &rs.elements {
+        let entries: Vec<_> = elements.iter().collect();
+        let mut at = 0;
+        for (msg, n) in SetMsg::add_elements(table, set, entries.iter().copied()) {
+            let (k, e) = entries[at];
+            b.push(
+                &msg,
+                MsgType::Add,
+                format!(
+                    "adding {n} element(s) to {set} (first: {} \"{}\")",
+                    describe(k),
+                    e.comment
+                ),
+            );
+            at += n;
+        }
+    }
+}
