@@ -9,3 +9,5 @@ pub mod config;
 pub mod model;
 pub mod render;
 pub mod nft;
+pub mod reconcile;
+pub mod daemon;

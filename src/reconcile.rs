@@ -1,0 +1,163 @@
+//! Reconcile: what batch turns the installed table into the desired one. Pure: the daemon
+//! sends what this returns.
+
+use crate::nft::{Change, Installed, SetDelta};
+use crate::render::ruleset::Ruleset;
+
+/// How to get from what is installed to what is desired.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Plan {
+    /// Already as desired.
+    Nothing,
+    /// Replace the whole table in one batch (no table yet, or one natlb cannot adopt).
+    Replace { reason: String },
+    /// Element deltas only: the cost grows with what changed.
+    Deltas(Vec<SetDelta>),
+}
+
+impl Plan {
+    /// The batch for this plan; `old_table` names a table to remove as well (a renamed table).
+    pub fn changes<'a>(&'a self, desired: &'a Ruleset, old_table: Option<&'a str>) -> Vec<Change<'a>> {
+        let mut out = Vec::new();
+        if let Some(old) = old_table.filter(|&t| t != desired.table) {
+            out.push(Change::DropTable(old));
+        }
+        match self {
+            Plan::Nothing => {}
+            Plan::Replace { .. } => {
+                out.push(Change::DropTable(&desired.table));
+                out.push(Change::CreateTable(desired));
+            }
+            Plan::Deltas(d) => out.push(Change::Elements {
+                table: &desired.table,
+                deltas: d,
+            }),
+        }
+        out
+    }
+}
+
+/// The plan at start-up, from what the kernel holds.
+pub fn adopt(installed: &Installed, desired: &Ruleset) -> Plan {
+    match installed {
+        Installed::Absent => Plan::Replace {
+            reason: format!("table inet {} does not exist yet", desired.table),
+        },
+        Installed::Foreign { reason } => Plan::Replace {
+            reason: format!("table inet {} cannot be adopted: {reason}", desired.table),
+        },
+        Installed::Ours(current) => plan(current, desired),
+    }
+}
+
+/// The plan from one known ruleset to another.
+pub fn plan(current: &Ruleset, desired: &Ruleset) -> Plan {
+    if current.table != desired.table {
+        return Plan::Replace {
+            reason: format!("the table is now inet {}", desired.table),
+        };
+    }
+    if current.comment != desired.comment
+        || current.sets != desired.sets
+        || current.chains != desired.chains
+    {
+        return Plan::Replace {
+            reason: "the table layout changed".into(),
+        };
+    }
+    let deltas = diff(current, desired);
+    if deltas.is_empty() {
+        Plan::Nothing
+    } else {
+        Plan::Deltas(deltas)
+    }
+}
+
+/// Element deltas per set. A changed element (same key, new value or comment) is removed and
+/// added again: the kernel refuses to overwrite an element's value in place.
+pub fn diff(current: &Ruleset, desired: &Ruleset) -> Vec<SetDelta> {
+    let empty = Default::default();
+    let mut out = Vec::new();
+    for spec in &desired.sets {
+        let cur = current.elements.get(&spec.name).unwrap_or(&empty);
+        let want = desired.elements.get(&spec.name).unwrap_or(&empty);
+        let mut d = SetDelta {
+            set: spec.name.clone(),
+            ..Default::default()
+        };
+        for (key, entry) in cur {
+            match want.get(key) {
+                Some(w) if w == entry => {}
+                Some(w) => {
+                    d.remove.push(key.clone());
+                    d.add.push((key.clone(), w.clone()));
+                }
+                None => d.remove.push(key.clone()),
+            }
+        }
+        for (key, entry) in want {
+            if !cur.contains_key(key) {
+                d.add.push((key.clone(), entry.clone()));
+            }
+        }
+        if !d.remove.is_empty() || !d.add.is_empty() {
+            out.push(d);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::render::ruleset::{Entry, Value};
+
+    fn rs_with(elements: &[(&str, u32, &str)]) -> Ruleset {
+        let mut rs = Ruleset {
+            table: "natlb".into(),
+            comment: "c".into(),
+            sets: crate::render::layout::sets(),
+            chains: vec![],
+            elements: Default::default(),
+        };
+        for (set, k, comment) in elements {
+            rs.elements.entry(set.to_string()).or_default().insert(
+                vec![Value::Int(*k)],
+                Entry {
+                    data: vec![],
+                    comment: comment.to_string(),
+                },
+            );
+        }
+        rs
+    }
+
+    #[test]
+    fn identical_is_nothing() {
+        let a = rs_with(&[("slots4", 1, "a")]);
+        assert_eq!(plan(&a, &a.clone()), Plan::Nothing);
+    }
+
+    #[test]
+    fn deltas_only_touch_what_changed() {
+        let a = rs_with(&[("slots4", 1, "a"), ("slots4", 2, "b"), ("svc4_mod2", 7, "x")]);
+        let b = rs_with(&[("slots4", 1, "a"), ("slots4", 2, "B"), ("slots4", 3, "c"), ("svc4_mod2", 7, "x")]);
+        let Plan::Deltas(d) = plan(&a, &b) else { panic!() };
+        assert_eq!(d.len(), 1);
+        assert_eq!(d[0].set, "slots4");
+        assert_eq!(d[0].remove, vec![vec![Value::Int(2)]]);
+        assert_eq!(d[0].add.len(), 2);
+    }
+
+    #[test]
+    fn layout_or_name_change_replaces() {
+        let a = rs_with(&[]);
+        let mut b = a.clone();
+        b.comment = "other".into();
+        assert!(matches!(plan(&a, &b), Plan::Replace { .. }));
+        let mut c = a.clone();
+        c.table = "other".into();
+        assert!(matches!(plan(&a, &c), Plan::Replace { .. }));
+        assert!(matches!(adopt(&Installed::Absent, &a), Plan::Replace { .. }));
+    }
+}
