@@ -1,0 +1,983 @@
+//! End-to-end tests of `parse`/`load`: whole configs in, models or exact `FILE:LINE:COL` errors
+//! out.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use super::{ConfigErrors, load, parse};
+use crate::model::*;
+
+/// The example from spec.md, verbatim.
+const SPEC_EXAMPLE: &str = r#"[daemon]
+table = "natlb"                          # the one nftables table natlb owns (family inet)
+control_socket = "/run/natlb/control.sock"
+state_dir = "/var/lib/natlb"             # admin state that must survive restarts
+metrics = "127.0.0.1:9469"               # Prometheus text format; omit to disable
+keep_rules_on_exit = true                # data plane keeps forwarding while natlb is down
+
+[conntrack]                              # written as sysctls at start, read back, reported
+max = 524288                             # net.netfilter.nf_conntrack_max
+buckets = 131072                         # nf_conntrack hashsize
+tcp_timeout_established = 3600
+tcp_timeout_time_wait = 30
+udp_timeout = 30
+udp_timeout_stream = 120
+
+[sysctl]                                 # any other kernel knobs the gateway needs
+"net.ipv4.ip_forward" = 1
+
+[[service]]
+name = "web"
+listen = "198.51.100.10:80"             # VIP:port; IPv6 as "[2001:db8::10]:80"
+protocol = "tcp"                         # tcp | udp
+scheduler = "weighted"                   # weighted | round-robin | source-hash | least-conn
+persistence = "30m"                      # optional: a client IP sticks to its backend while idle this long
+snat = "masquerade"                      # masquerade | none | an address to SNAT to
+on_all_down = "reject"                   # reject | drop, when no backend (nor backup) is up
+
+[service.health]
+type = "http"                            # tcp | http | udp | exec | none
+path = "/health"                         # http: GET path; status 200-399 is up
+interval = "1s"
+timeout = "500ms"
+rise = 2                                 # consecutive successes to come up
+fall = 3                                 # consecutive failures to go down
+
+[[service.backend]]
+address = "10.0.1.11:8080"               # port defaults to the listen port
+weight = 3                               # default 1; 0 = drained
+
+[[service.backend]]
+address = "10.0.1.12:8080"
+backup = true                            # used only while no primary backend is up
+
+[[egress]]                               # source NAT for traffic leaving the gateway
+name = "lan"
+source = ["10.0.0.0/16"]
+out_interface = "eth0"
+snat = "masquerade"                      # or a list of addresses/ranges to SNAT to
+"#;
+
+fn ip(s: &str) -> IpAddr {
+    s.parse().unwrap()
+}
+
+fn sa(s: &str) -> SocketAddr {
+    s.parse().unwrap()
+}
+
+fn ok(text: &str) -> Model {
+    parse("t.toml", text).unwrap_or_else(|e| panic!("unexpected errors:\n{e}"))
+}
+
+/// Every error as `t.toml:LINE:COL: message`.
+fn errors(text: &str) -> Vec<String> {
+    match parse("t.toml", text) {
+        Ok(m) => panic!("expected errors, got {m:#?}"),
+        Err(ConfigErrors(errors)) => errors.iter().map(ToString::to_string).collect(),
+    }
+}
+
+/// The one error a config produces.
+fn error(text: &str) -> String {
+    let errors = errors(text);
+    assert_eq!(errors.len(), 1, "expected one error, got {errors:#?}");
+    errors.into_iter().next().unwrap()
+}
+
+/// A valid one-service config with `extra` appended to the service table (before its backends).
+fn service_with(extra: &str) -> String {
+    format!(
+        "[[service]]\nname = \"web\"\nlisten = \"198.51.100.10:80\"\n{extra}\n\
+         [[service.backend]]\naddress = \"10.0.1.11:8080\"\n"
+    )
+}
+
+#[test]
+fn spec_example_parses_to_the_expected_model() {
+    let expected = Model {
+        daemon: Daemon {
+            table: "natlb".into(),
+            control_socket: PathBuf::from("/run/natlb/control.sock"),
+            state_dir: PathBuf::from("/var/lib/natlb"),
+            metrics: Some(sa("127.0.0.1:9469")),
+            keep_rules_on_exit: true,
+        },
+        conntrack: Conntrack {
+            max: Some(524288),
+            buckets: Some(131072),
+            tcp_timeout_established: Some(3600),
+            tcp_timeout_time_wait: Some(30),
+            udp_timeout: Some(30),
+            udp_timeout_stream: Some(120),
+        },
+        sysctl: BTreeMap::from([("net.ipv4.ip_forward".to_owned(), 1)]),
+        services: vec![Service {
+            name: "web".into(),
+            vip: Vip {
+                addr: ip("198.51.100.10"),
+                protocol: Protocol::Tcp,
+                port: 80,
+            },
+            scheduler: Scheduler::Weighted,
+            persistence: Some(Duration::from_secs(30 * 60)),
+            snat: Snat::Masquerade,
+            on_all_down: OnAllDown::Reject,
+            health: Health {
+                kind: HealthKind::Http {
+                    path: "/health".into(),
+                },
+                interval: Duration::from_secs(1),
+                timeout: Duration::from_millis(500),
+                rise: 2,
+                fall: 3,
+            },
+            backends: vec![
+                Backend {
+                    address: sa("10.0.1.11:8080"),
+                    weight: 3,
+                    backup: false,
+                },
+                Backend {
+                    address: sa("10.0.1.12:8080"),
+                    weight: 1,
+                    backup: true,
+                },
+            ],
+        }],
+        egress: vec![Egress {
+            name: "lan".into(),
+            source: vec![IpNet {
+                addr: ip("10.0.0.0"),
+                prefix: 16,
+            }],
+            out_interface: "eth0".into(),
+            snat: EgressSnat::Masquerade,
+        }],
+    };
+    assert_eq!(ok(SPEC_EXAMPLE), expected);
+}
+
+#[test]
+fn empty_file_is_all_defaults() {
+    let m = ok("");
+    assert_eq!(
+        m.daemon,
+        Daemon {
+            table: "natlb".into(),
+            control_socket: PathBuf::from("/run/natlb/control.sock"),
+            state_dir: PathBuf::from("/var/lib/natlb"),
+            metrics: None,
+            keep_rules_on_exit: true,
+        }
+    );
+    assert_eq!(m.conntrack, Conntrack::default());
+    assert!(m.sysctl.is_empty() && m.services.is_empty() && m.egress.is_empty());
+}
+
+#[test]
+fn service_defaults() {
+    let m = ok(r#"
+[[service]]
+name = "dns"
+listen = "198.51.100.53:53"
+
+[[service.backend]]
+address = "10.0.2.1"
+"#);
+    assert_eq!(
+        m.services,
+        [Service {
+            name: "dns".into(),
+            vip: Vip {
+                addr: ip("198.51.100.53"),
+                protocol: Protocol::Tcp,
+                port: 53,
+            },
+            scheduler: Scheduler::Weighted,
+            persistence: None,
+            snat: Snat::Masquerade,
+            on_all_down: OnAllDown::Reject,
+            health: Health {
+                kind: HealthKind::Tcp,
+                interval: Duration::from_secs(2),
+                timeout: Duration::from_secs(2),
+                rise: 2,
+                fall: 3,
+            },
+            // The port defaults to the listen port.
+            backends: vec![Backend {
+                address: sa("10.0.2.1:53"),
+                weight: 1,
+                backup: false,
+            }],
+        }]
+    );
+}
+
+#[test]
+fn health_defaults() {
+    // http without a path probes "/"; the timeout defaults to the interval.
+    let m = ok(&service_with(
+        "[service.health]\ntype = \"http\"\ninterval = \"5s\"",
+    ));
+    assert_eq!(
+        m.services[0].health,
+        Health {
+            kind: HealthKind::Http { path: "/".into() },
+            interval: Duration::from_secs(5),
+            timeout: Duration::from_secs(5),
+            rise: 2,
+            fall: 3,
+        }
+    );
+}
+
+#[test]
+fn every_keyword() {
+    let m = ok(r#"
+[[service]]
+name = "a"
+listen = "198.51.100.10:53"
+protocol = "udp"
+scheduler = "round-robin"
+snat = "none"
+on_all_down = "drop"
+health = { type = "udp" }
+backend = [{ address = "10.0.1.1" }]
+
+[[service]]
+name = "b"
+listen = "198.51.100.10:54"
+scheduler = "source-hash"
+snat = "192.0.2.1"
+health = { type = "exec" }
+backend = [{ address = "10.0.1.1" }]
+
+[[service]]
+name = "c"
+listen = "198.51.100.10:55"
+scheduler = "least-conn"
+health = { type = "none" }
+backend = [{ address = "10.0.1.1" }]
+"#);
+    let s = &m.services;
+    assert_eq!(s[0].vip.protocol, Protocol::Udp);
+    assert_eq!(s[0].scheduler, Scheduler::RoundRobin);
+    assert_eq!(s[0].snat, Snat::None);
+    assert_eq!(s[0].on_all_down, OnAllDown::Drop);
+    assert_eq!(s[0].health.kind, HealthKind::Udp);
+    assert_eq!(s[1].scheduler, Scheduler::SourceHash);
+    assert_eq!(s[1].snat, Snat::Address(ip("192.0.2.1")));
+    assert_eq!(s[1].health.kind, HealthKind::Exec);
+    assert_eq!(s[2].scheduler, Scheduler::LeastConn);
+    assert_eq!(s[2].health.kind, HealthKind::None);
+}
+
+#[test]
+fn ipv6_service() {
+    let m = ok(r#"
+[[service]]
+name = "web6"
+listen = "[2001:db8::10]:80"
+snat = "2001:db8::1"
+[[service.backend]]
+address = "2001:db8::11"
+[[service.backend]]
+address = "[2001:db8::12]"
+[[service.backend]]
+address = "[2001:db8::13]:8080"
+"#);
+    let s = &m.services[0];
+    assert_eq!(s.vip.addr, ip("2001:db8::10"));
+    assert_eq!(s.snat, Snat::Address(ip("2001:db8::1")));
+    let addrs: Vec<_> = s.backends.iter().map(|b| b.address).collect();
+    assert_eq!(
+        addrs,
+        [
+            sa("[2001:db8::11]:80"),
+            sa("[2001:db8::12]:80"),
+            sa("[2001:db8::13]:8080")
+        ]
+    );
+}
+
+#[test]
+fn same_vip_different_protocol_or_port_is_fine() {
+    let m = ok(r#"
+[[service]]
+name = "dns-udp"
+listen = "198.51.100.53:53"
+protocol = "udp"
+backend = [{ address = "10.0.2.1" }]
+[[service]]
+name = "dns-tcp"
+listen = "198.51.100.53:53"
+backend = [{ address = "10.0.2.1" }]
+"#);
+    assert_eq!(m.services.len(), 2);
+}
+
+#[test]
+fn egress_snat_lists_and_dual_stack() {
+    let m = ok(r#"
+[[egress]]
+name = "lan"
+source = ["10.0.0.0/16", "10.1.0.5", "fd00::/8"]
+out_interface = "wan0"
+snat = ["203.0.113.5", "203.0.113.10 - 203.0.113.20", "2001:db8::5"]
+
+[[egress]]
+name = "dmz"
+source = ["192.168.0.0/24"]
+out_interface = "eth1"
+snat = "203.0.113.7"
+
+[[egress]]
+name = "defaults"
+source = ["192.168.1.0/24"]
+out_interface = "eth1"
+"#);
+    assert_eq!(
+        m.egress[0],
+        Egress {
+            name: "lan".into(),
+            source: vec![
+                IpNet {
+                    addr: ip("10.0.0.0"),
+                    prefix: 16
+                },
+                IpNet {
+                    addr: ip("10.1.0.5"),
+                    prefix: 32
+                },
+                IpNet {
+                    addr: ip("fd00::"),
+                    prefix: 8
+                },
+            ],
+            out_interface: "wan0".into(),
+            // Canonical spelling: no spaces around the dash.
+            snat: EgressSnat::To(vec![
+                "203.0.113.5".into(),
+                "203.0.113.10-203.0.113.20".into(),
+                "2001:db8::5".into(),
+            ]),
+        }
+    );
+    assert_eq!(m.egress[1].snat, EgressSnat::To(vec!["203.0.113.7".into()]));
+    assert_eq!(m.egress[2].snat, EgressSnat::Masquerade);
+}
+
+// ---- syntax and type errors ----
+
+#[test]
+fn syntax_error_has_its_position() {
+    assert_eq!(
+        error("[daemon]\ntable = web\n"),
+        "t.toml:2:9: TOML syntax: string values must be quoted, expected literal string"
+    );
+    assert_eq!(
+        error("[daemon]\ntable = natlb\n"),
+        "t.toml:2:9: TOML syntax: invalid float, expected `nan` (text values must be in double \
+         quotes)"
+    );
+    // Only the earliest: an unclosed string or array makes the parser stumble over every line
+    // after it, and those echoes would bury the real mistake.
+    assert_eq!(
+        error("[daemon]\ntable = \"natlb\nx = [1,\n"),
+        "t.toml:2:15: TOML syntax: invalid basic string, expected `\"`"
+    );
+}
+
+#[test]
+fn duplicate_key() {
+    assert_eq!(
+        error("[daemon]\ntable = \"a\"\ntable = \"b\"\n"),
+        "t.toml:3:1: TOML syntax: duplicate key `table`; each key (and each [table]) may \
+         appear once, remove one"
+    );
+}
+
+#[test]
+fn type_error() {
+    assert_eq!(
+        error(&service_with("persistence = 30")),
+        "t.toml:4:15: `persistence`: invalid type: integer `30`, expected a duration string \
+         with a unit, such as \"2s\" or \"500ms\""
+    );
+}
+
+// ---- [daemon], [conntrack], [sysctl] ----
+
+#[test]
+fn daemon_errors() {
+    let text = r#"[daemon]
+table = "1natlb"
+control_socket = "natlb.sock"
+state_dir = ""
+metrics = "127.0.0.1"
+"#;
+    assert_eq!(
+        errors(text),
+        [
+            "t.toml:2:9: table name \"1natlb\" is not a valid nftables identifier; start with a \
+             letter and use only letters, digits, `_` and `-`, at most 64 characters",
+            "t.toml:3:18: control_socket \"natlb.sock\" is not an absolute path; write e.g. \
+             \"/run/natlb/control.sock\"",
+            "t.toml:4:13: state_dir \"\" is not an absolute path; write e.g. \"/var/lib/natlb\"",
+            "t.toml:5:11: metrics address \"127.0.0.1\" has no port; write it as \
+             \"127.0.0.1:PORT\"; e.g. \"127.0.0.1:9469\"",
+        ]
+    );
+    let long = format!("[daemon]\ncontrol_socket = \"/{}\"\n", "s".repeat(107));
+    assert!(error(&long).starts_with("t.toml:2:18: control_socket \"/sss"));
+    assert!(error(&long).ends_with(
+        "is 108 bytes long; a unix socket path can be at most 107, so choose a shorter one"
+    ));
+    let long_table = format!("[daemon]\ntable = \"{}\"\n", "t".repeat(65));
+    assert!(error(&long_table).starts_with("t.toml:2:9: table name"));
+    ok("[daemon]\ntable = \"my_table-2\"\nmetrics = \"[::1]:9469\"\nkeep_rules_on_exit = false\n");
+}
+
+#[test]
+fn conntrack_values_must_be_positive() {
+    assert_eq!(
+        errors("[conntrack]\nmax = 0\nudp_timeout = -5\n"),
+        [
+            "t.toml:2:7: conntrack max must be a positive integer, not 0; remove it to keep the \
+             kernel's value",
+            "t.toml:3:15: conntrack udp_timeout must be a positive integer, not -5; remove it to \
+             keep the kernel's value",
+        ]
+    );
+}
+
+#[test]
+fn sysctl_errors() {
+    let text = r#"[conntrack]
+max = 1000
+[sysctl]
+"kernel.panic" = 1
+"net.netfilter.nf_conntrack_max" = 2000
+"net.ipv4..x" = 1
+"net.ipv4.conf.eth0/100.rp_filter" = 2
+"#;
+    assert_eq!(
+        errors(text),
+        [
+            "t.toml:4:1: sysctl \"kernel.panic\" is not a network sysctl; natlb only sets names \
+             under net. (e.g. \"net.ipv4.ip_forward\")",
+            "t.toml:5:1: sysctl \"net.netfilter.nf_conntrack_max\" is also set by `max` in \
+             [conntrack]; set it in one place only",
+            "t.toml:6:1: sysctl \"net.ipv4..x\" has an empty component; write names as \
+             dot-separated words, e.g. \"net.ipv4.ip_forward\"",
+        ]
+    );
+    let m = ok("[sysctl]\n\"net.ipv4.conf.eth0/100.rp_filter\" = 2\n\"net.core.x\" = -1\n");
+    assert_eq!(m.sysctl["net.ipv4.conf.eth0/100.rp_filter"], 2);
+    assert_eq!(m.sysctl["net.core.x"], -1);
+}
+
+// ---- [[service]] ----
+
+#[test]
+fn duplicate_service_names_point_at_the_second() {
+    let text = r#"[[service]]
+name = "web"
+listen = "198.51.100.10:80"
+backend = [{ address = "10.0.1.11" }]
+
+[[service]]
+name = "web"
+listen = "198.51.100.10:443"
+backend = [{ address = "10.0.1.11" }]
+"#;
+    assert_eq!(
+        error(text),
+        "t.toml:7:8: duplicate service name `web` (first used on line 2); give each service a \
+         unique name"
+    );
+}
+
+#[test]
+fn duplicate_vip() {
+    let text = r#"[[service]]
+name = "a"
+listen = "198.51.100.10:80"
+backend = [{ address = "10.0.1.11" }]
+
+[[service]]
+name = "b"
+listen = "198.51.100.10:80"
+backend = [{ address = "10.0.1.12" }]
+"#;
+    assert_eq!(
+        error(text),
+        "t.toml:8:10: tcp 198.51.100.10:80 is already the VIP of service `a` (line 3); each \
+         address, protocol and port can belong to one service only"
+    );
+}
+
+#[test]
+fn service_name_rules() {
+    assert_eq!(
+        error(
+            "[[service]]\nname = \"my web\"\nlisten = \"198.51.100.10:80\"\nbackend = [{ address = \"10.0.1.1\" }]\n"
+        ),
+        "t.toml:2:8: service name `my web` contains ' '; use only letters, digits, `_`, `.` and `-`"
+    );
+    assert_eq!(
+        error(
+            "[[service]]\nname = \"\"\nlisten = \"198.51.100.10:80\"\nbackend = [{ address = \"10.0.1.1\" }]\n"
+        ),
+        "t.toml:2:8: service name is empty; use 1 to 64 letters, digits, `_`, `.` or `-`"
+    );
+    let long = format!(
+        "[[service]]\nname = \"{}\"\nlisten = \"198.51.100.10:80\"\nbackend = [{{ address = \"10.0.1.1\" }}]\n",
+        "a".repeat(65)
+    );
+    assert!(error(&long).ends_with("is 65 characters long; use at most 64"));
+    ok(
+        "[[service]]\nname = \"web_v2.blue-1\"\nlisten = \"198.51.100.10:80\"\nbackend = [{ address = \"10.0.1.1\" }]\n",
+    );
+}
+
+#[test]
+fn missing_required_keys_point_at_the_table() {
+    let text = r#"[[service]]
+scheduler = "weighted"
+
+[[service.backend]]
+weight = 2
+"#;
+    assert_eq!(
+        errors(text),
+        [
+            "t.toml:1:1: service has no name; add name = \"...\" (letters, digits, `_`, `.`, `-`)",
+            "t.toml:1:1: this service has no listen address; add listen = \"IP:PORT\" (the VIP)",
+            "t.toml:4:1: backend has no address; add address = \"IP:PORT\"",
+        ]
+    );
+}
+
+#[test]
+fn empty_backend_list_points_at_the_name() {
+    let text = "[[service]]\nname = \"web\"\nlisten = \"198.51.100.10:80\"\n";
+    assert_eq!(
+        error(text),
+        "t.toml:2:8: service `web` has no backends; add at least one [[service.backend]] with \
+         address = \"IP:PORT\""
+    );
+    let text = "[[service]]\nname = \"web\"\nlisten = \"198.51.100.10:80\"\nbackend = []\n";
+    assert!(error(text).starts_with("t.toml:2:8: service `web` has no backends"));
+}
+
+#[test]
+fn listen_errors() {
+    let listen = |l: &str| {
+        error(&format!(
+            "[[service]]\nname = \"web\"\nlisten = \"{l}\"\nbackend = [{{ address = \"10.0.1.1:80\" }}]\n"
+        ))
+    };
+    assert_eq!(
+        listen("198.51.100.10"),
+        "t.toml:3:10: listen address \"198.51.100.10\" has no port; write it as \
+         \"198.51.100.10:PORT\""
+    );
+    assert_eq!(
+        listen("198.51.100.10:0"),
+        "t.toml:3:10: listen address \"198.51.100.10:0\" has port 0; use a port from 1 to 65535"
+    );
+    assert_eq!(
+        listen("web.example.com:80"),
+        "t.toml:3:10: listen address \"web.example.com:80\" is not IP:PORT (write IPv6 as \
+         [addr]:port; host names are not supported)"
+    );
+    assert_eq!(
+        listen("0.0.0.0:80"),
+        "t.toml:3:10: listen address 0.0.0.0:80 is the unspecified address; listen on the \
+         address clients connect to"
+    );
+}
+
+#[test]
+fn keyword_errors() {
+    assert_eq!(
+        error(&service_with("protocol = \"tpc\"")),
+        "t.toml:4:12: unknown protocol `tpc`; did you mean `tcp`? (use `tcp` or `udp`)"
+    );
+    assert_eq!(
+        error(&service_with("scheduler = \"roundrobin\"")),
+        "t.toml:4:13: unknown scheduler `roundrobin`; did you mean `round-robin`? (use \
+         `weighted`, `round-robin`, `source-hash` or `least-conn`)"
+    );
+    assert_eq!(
+        error(&service_with("on_all_down = \"ignore\"")),
+        "t.toml:4:15: unknown on_all_down `ignore`; use `reject` or `drop`"
+    );
+    assert_eq!(
+        error(&service_with("snat = \"masq\"")),
+        "t.toml:4:8: unknown snat `masq`; use `masquerade`, `none` or an IP address to rewrite \
+         the client address to"
+    );
+    assert_eq!(
+        error(&service_with("[service.health]\ntype = \"icmp\"")),
+        "t.toml:5:8: unknown health check type `icmp`; use `tcp`, `http`, `udp`, `exec` or \
+         `none`"
+    );
+}
+
+#[test]
+fn bad_durations() {
+    assert_eq!(
+        error(&service_with("persistence = \"30\"")),
+        "t.toml:4:15: persistence: duration \"30\" has no unit; write e.g. \"30s\" (units: ms, \
+         s, m, h, d)"
+    );
+    assert_eq!(
+        errors(&service_with(
+            "[service.health]\ninterval = \"0s\"\ntimeout = \"1.5s\""
+        )),
+        [
+            "t.toml:5:12: health interval: duration \"0s\" is zero; use a positive duration such \
+             as \"1s\"",
+            "t.toml:6:11: health timeout: duration \"1.5s\" has a fraction; use whole numbers of \
+             a smaller unit, e.g. \"1500ms\" for 1.5s",
+        ]
+    );
+}
+
+#[test]
+fn timeout_longer_than_interval() {
+    assert_eq!(
+        error(&service_with(
+            "[service.health]\ninterval = \"1s\"\ntimeout = \"1500ms\""
+        )),
+        "t.toml:6:11: health timeout 1s500ms is longer than the interval 1s; a probe must end \
+         before the next starts, so use a timeout of at most 1s"
+    );
+    assert_eq!(
+        error(&service_with("[service.health]\ntimeout = \"3s\"")),
+        "t.toml:5:11: health timeout 3s is longer than the interval 2s (the default); a probe \
+         must end before the next starts, so use a timeout of at most 2s"
+    );
+}
+
+#[test]
+fn rise_and_fall_ranges() {
+    assert_eq!(
+        errors(&service_with("[service.health]\nrise = 0\nfall = 101")),
+        [
+            "t.toml:5:8: health rise 0 is out of range; use 1 to 100 consecutive successes to \
+             mark a backend up",
+            "t.toml:6:8: health fall 101 is out of range; use 1 to 100 consecutive failures to \
+             mark a backend down",
+        ]
+    );
+    ok(&service_with("[service.health]\nrise = 1\nfall = 100"));
+}
+
+#[test]
+fn health_path_rules() {
+    assert_eq!(
+        error(&service_with("[service.health]\npath = \"/health\"")),
+        "t.toml:5:8: health path only applies to http checks, and this one is tcp; remove \
+         `path` or set type = \"http\""
+    );
+    assert_eq!(
+        error(&service_with(
+            "[service.health]\ntype = \"http\"\npath = \"health\""
+        )),
+        "t.toml:6:8: health path \"health\" must start with \"/\"; write \"/health\""
+    );
+    assert!(
+        error(&service_with(
+            "[service.health]\ntype = \"http\"\npath = \"/a b\""
+        ))
+        .contains("contains ' '")
+    );
+}
+
+#[test]
+fn backend_family_mismatch() {
+    let text = r#"[[service]]
+name = "web6"
+listen = "[2001:db8::10]:80"
+
+[[service.backend]]
+address = "10.0.1.11:8080"
+"#;
+    assert_eq!(
+        error(text),
+        "t.toml:6:11: backend 10.0.1.11:8080 is IPv4 but the service listens on IPv6 \
+         [2001:db8::10]:80; use an IPv6 backend address"
+    );
+}
+
+#[test]
+fn duplicate_backend() {
+    // Equal after the port defaults: "10.0.1.11" is 10.0.1.11:80.
+    let text = r#"[[service]]
+name = "web"
+listen = "198.51.100.10:80"
+[[service.backend]]
+address = "10.0.1.11:80"
+[[service.backend]]
+address = "10.0.1.11"
+"#;
+    assert_eq!(
+        error(text),
+        "t.toml:7:11: backend 10.0.1.11:80 is listed twice in service `web` (first on line 5); \
+         remove one, or change its weight instead"
+    );
+}
+
+#[test]
+fn backend_weight_and_address_errors() {
+    let text = format!(
+        r#"[[service]]
+name = "web"
+listen = "198.51.100.10:80"
+[[service.backend]]
+address = "10.0.1.11"
+weight = {}
+[[service.backend]]
+address = "10.0.1.12"
+weight = -1
+[[service.backend]]
+address = "10.0.1.13:0"
+[[service.backend]]
+address = "10.0.1"
+[[service.backend]]
+address = "198.51.100.10"
+"#,
+        MAX_WEIGHT + 1
+    );
+    assert_eq!(
+        errors(&text),
+        [
+            "t.toml:6:10: backend weight 10001 is out of range; use 0 (drained) to 10000",
+            "t.toml:9:10: backend weight -1 is out of range; use 0 (drained) to 10000",
+            "t.toml:11:11: backend address \"10.0.1.13:0\" has port 0; use a port from 1 to 65535",
+            "t.toml:13:11: backend address \"10.0.1\" is not an IP address or IP:PORT (write \
+             IPv6 as [addr]:port; host names are not supported)",
+            "t.toml:15:11: backend 198.51.100.10:80 is the service's own VIP; traffic would \
+             loop, use the backend's real address",
+        ]
+    );
+    let m = ok(&service_with("").replace(
+        "address = \"10.0.1.11:8080\"",
+        "address = \"10.0.1.11:8080\"\nweight = 0",
+    ));
+    assert_eq!(m.services[0].backends[0].weight, 0);
+    let max = format!("weight = {MAX_WEIGHT}");
+    let m = ok(&service_with("").replace(
+        "address = \"10.0.1.11:8080\"",
+        &format!("address = \"10.0.1.11:8080\"\n{max}"),
+    ));
+    assert_eq!(m.services[0].backends[0].weight, MAX_WEIGHT);
+}
+
+#[test]
+fn snat_family_mismatch() {
+    assert_eq!(
+        error(&service_with("snat = \"2001:db8::1\"")),
+        "t.toml:4:8: snat address 2001:db8::1 is IPv6 but the service listens on IPv4 \
+         198.51.100.10:80; use an IPv4 address"
+    );
+}
+
+// ---- [[egress]] ----
+
+#[test]
+fn egress_errors() {
+    let text = r#"[[egress]]
+name = "lan"
+source = []
+out_interface = "a-very-long-interface"
+
+[[egress]]
+name = "lan"
+source = ["10.0.0.1/16", "fd00::/8"]
+out_interface = "eth0"
+snat = ["203.0.113.9-203.0.113.5", "2001:db8::1-203.0.113.1"]
+
+[[egress]]
+name = "x"
+source = ["10.0.0.0/8", "fd00::/8"]
+out_interface = "eth0"
+snat = ["203.0.113.1"]
+
+[[egress]]
+name = "y"
+source = ["10.0.0.0/8"]
+out_interface = "eth0"
+snat = "masqerade"
+"#;
+    assert_eq!(
+        errors(text),
+        [
+            "t.toml:3:10: egress `lan` has an empty source list; list the prefixes whose traffic \
+             to NAT, e.g. [\"10.0.0.0/16\"]",
+            "t.toml:4:17: out_interface \"a-very-long-interface\" is 21 bytes long; Linux \
+             interface names are at most 15",
+            "t.toml:7:8: duplicate egress name `lan` (first used on line 2); give each egress \
+             rule a unique name",
+            "t.toml:8:11: source \"10.0.0.1/16\" has host bits set; did you mean \
+             \"10.0.0.0/16\"?",
+            "t.toml:10:9: snat range \"203.0.113.9-203.0.113.5\" runs backwards; write the lower \
+             address first: \"203.0.113.5-203.0.113.9\"",
+            "t.toml:10:36: snat range \"2001:db8::1-203.0.113.1\" mixes an IPv6 and an IPv4 \
+             address; both ends must be of one family",
+            "t.toml:16:8: egress `x` has IPv6 source fd00::/8 but no IPv6 snat address; add one, \
+             or use snat = \"masquerade\"",
+            "t.toml:22:8: unknown snat `masqerade`; did you mean `masquerade`? use \
+             \"masquerade\" or a list of addresses and ranges, e.g. [\"203.0.113.5\", \
+             \"203.0.113.10-203.0.113.20\"]",
+        ]
+    );
+}
+
+#[test]
+fn egress_missing_keys_and_unused_snat_family() {
+    let text = r#"[[egress]]
+snat = []
+
+[[egress]]
+name = "z"
+source = ["10.0.0.0/8"]
+out_interface = "eth0"
+snat = ["2001:db8::1"]
+"#;
+    assert_eq!(
+        errors(text),
+        [
+            "t.toml:1:1: egress rule has no name; add name = \"...\" (letters, digits, `_`, \
+             `.`, `-`)",
+            "t.toml:1:1: this egress rule has no source; add source = [\"10.0.0.0/16\"] listing \
+             the prefixes whose traffic to NAT",
+            "t.toml:1:1: this egress rule has no out_interface; add out_interface = \"eth0\" \
+             (the uplink)",
+            "t.toml:2:8: this egress rule has an empty snat list; list addresses or ranges to \
+             NAT to, or write snat = \"masquerade\"",
+            "t.toml:8:9: snat \"2001:db8::1\" is IPv6 but egress `z` has no IPv6 source; remove \
+             it or add an IPv6 source prefix",
+        ]
+    );
+}
+
+// ---- many errors at once ----
+
+#[test]
+fn all_errors_are_reported_at_once() {
+    let text = r#"[daemon]
+tabel = "natlb"
+
+[[service]]
+name = "web"
+listen = "[2001:db8::10]:80"
+protcol = "tcp"
+
+[[service.backend]]
+address = "10.0.1.11:8080"
+weight = 20000
+
+[[egress]]
+name = "lan"
+source = ["10.0.0.0/16"]
+out_interface = "eth0"
+snat = "masquerade"
+"#;
+    assert_eq!(
+        errors(text),
+        [
+            "t.toml:2:1: unknown key `tabel` in [daemon]; did you mean `table`? (valid keys: \
+             table, control_socket, state_dir, metrics, keep_rules_on_exit)",
+            "t.toml:7:1: unknown key `protcol` in [[service]]; did you mean `protocol`? (valid \
+             keys: name, listen, protocol, scheduler, persistence, snat, on_all_down, health, \
+             backend)",
+            "t.toml:10:11: backend 10.0.1.11:8080 is IPv4 but the service listens on IPv6 \
+             [2001:db8::10]:80; use an IPv6 backend address",
+            "t.toml:11:10: backend weight 20000 is out of range; use 0 (drained) to 10000",
+        ]
+    );
+}
+
+#[test]
+fn a_type_error_in_one_service_does_not_hide_errors_in_another() {
+    let text = r#"[[service]]
+name = "a"
+listen = "198.51.100.10:80"
+backend = [{ address = "10.0.1.1", backup = "yes" }]
+
+[[service]]
+name = "b"
+listen = "198.51.100.10"
+backend = [{ address = "10.0.1.1" }]
+"#;
+    assert_eq!(
+        errors(text),
+        [
+            "t.toml:4:45: `backend.backup`: invalid type: string \"yes\", expected a boolean",
+            "t.toml:8:10: listen address \"198.51.100.10\" has no port; write it as \
+             \"198.51.100.10:PORT\"",
+        ]
+    );
+}
+
+#[test]
+fn columns_count_characters() {
+    // `é` is two bytes but one column: the listen error is at column 35, not 36.
+    let text = "service = [{ name = \"é\", listen = \"1\" }]\n";
+    let errors = errors(text);
+    assert!(
+        errors
+            .iter()
+            .any(|e| e.starts_with("t.toml:1:35: listen address \"1\"")),
+        "{errors:#?}"
+    );
+}
+
+// ---- load ----
+
+#[test]
+fn load_reads_files_and_names_them_in_errors() {
+    let dir = std::env::temp_dir().join(format!("natlb-config-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+
+    let good = dir.join("good.toml");
+    std::fs::write(&good, SPEC_EXAMPLE).unwrap();
+    assert_eq!(load(&good).unwrap(), ok(SPEC_EXAMPLE));
+
+    let bad = dir.join("bad.toml");
+    std::fs::write(&bad, "[daemon]\ntable = \"1\"\n").unwrap();
+    let err = load(&bad).unwrap_err().to_string();
+    assert!(
+        err.starts_with(&format!("{}:2:9: table name", bad.display())),
+        "{err}"
+    );
+
+    let binary = dir.join("binary.toml");
+    std::fs::write(&binary, b"[daemon]\ntable = \"\xff\"\n").unwrap();
+    assert_eq!(
+        load(&binary).unwrap_err().to_string(),
+        format!(
+            "{}:2:10: the file is not valid UTF-8; save it as UTF-8",
+            binary.display()
+        )
+    );
+
+    let missing = dir.join("missing.toml");
+    let err = load(&missing).unwrap_err();
+    assert_eq!(err.0[0].line, 0);
+    assert!(
+        err.to_string()
+            .starts_with(&format!("{}: cannot read: ", missing.display())),
+        "{err}"
+    );
+
+    std::fs::remove_dir_all(&dir).unwrap();
+}

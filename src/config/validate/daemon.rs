@@ -1,0 +1,245 @@
+//! `[daemon]`, `[conntrack]` and `[sysctl]`: the gateway-wide settings.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use serde_spanned::Spanned;
+
+use super::super::addr::parse_socket_addr;
+use super::super::dto::{ConntrackDto, DaemonDto};
+use super::super::error::Diagnostics;
+use crate::model::{Conntrack, Daemon};
+
+const DEFAULT_TABLE: &str = "natlb";
+const DEFAULT_CONTROL_SOCKET: &str = "/run/natlb/control.sock";
+const DEFAULT_STATE_DIR: &str = "/var/lib/natlb";
+
+/// `sun_path` is 108 bytes including the terminating NUL.
+const MAX_SOCKET_PATH: usize = 107;
+
+pub(super) fn daemon(dto: &DaemonDto, d: &mut Diagnostics<'_>) -> Option<Daemon> {
+    let table = match &dto.table {
+        None => Some(DEFAULT_TABLE.to_owned()),
+        Some(t) => table_name(t, d),
+    };
+
+    let control_socket = match &dto.control_socket {
+        None => Some(PathBuf::from(DEFAULT_CONTROL_SOCKET)),
+        Some(p) => socket_path(p, d),
+    };
+
+    let state_dir = match &dto.state_dir {
+        None => Some(PathBuf::from(DEFAULT_STATE_DIR)),
+        Some(p) => absolute_path("state_dir", p, DEFAULT_STATE_DIR, d),
+    };
+
+    let metrics = match &dto.metrics {
+        None => Some(None),
+        Some(m) => match parse_socket_addr(m.get_ref()) {
+            Ok(addr) => Some(Some(addr)),
+            Err(e) => {
+                d.error(
+                    m.span(),
+                    format!("metrics address {e}; e.g. \"127.0.0.1:9469\""),
+                );
+                None
+            }
+        },
+    };
+
+    Some(Daemon {
+        table: table?,
+        control_socket: control_socket?,
+        state_dir: state_dir?,
+        metrics: metrics?,
+        keep_rules_on_exit: dto.keep_rules_on_exit.unwrap_or(true),
+    })
+}
+
+/// nft identifiers: a letter, then letters, digits, `_` and `-`. Kept to this portable subset
+/// (nft itself also allows `.`, `/` and `\`) so the name needs no quoting in scripts.
+fn table_name(t: &Spanned<String>, d: &mut Diagnostics<'_>) -> Option<String> {
+    let name = t.get_ref();
+    let valid = name.len() <= 64
+        && name.chars().next().is_some_and(|c| c.is_ascii_alphabetic())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+    if valid {
+        Some(name.clone())
+    } else {
+        d.error(
+            t.span(),
+            format!(
+                "table name \"{name}\" is not a valid nftables identifier; start with a letter \
+                 and use only letters, digits, `_` and `-`, at most 64 characters"
+            ),
+        );
+        None
+    }
+}
+
+fn socket_path(p: &Spanned<String>, d: &mut Diagnostics<'_>) -> Option<PathBuf> {
+    let path = absolute_path("control_socket", p, DEFAULT_CONTROL_SOCKET, d)?;
+    let len = p.get_ref().len();
+    if len > MAX_SOCKET_PATH {
+        d.error(
+            p.span(),
+            format!(
+                "control_socket \"{}\" is {len} bytes long; a unix socket path can be at most \
+                 {MAX_SOCKET_PATH}, so choose a shorter one",
+                p.get_ref()
+            ),
+        );
+        return None;
+    }
+    Some(path)
+}
+
+fn absolute_path(
+    what: &str,
+    p: &Spanned<String>,
+    example: &str,
+    d: &mut Diagnostics<'_>,
+) -> Option<PathBuf> {
+    let text = p.get_ref();
+    if text.starts_with('/') && text.len() > 1 && !text.contains('\0') {
+        Some(PathBuf::from(text))
+    } else {
+        d.error(
+            p.span(),
+            format!("{what} \"{text}\" is not an absolute path; write e.g. \"{example}\""),
+        );
+        None
+    }
+}
+
+/// The `[conntrack]` keys with the sysctl each one sets, for the overlap check with `[sysctl]`.
+const CONNTRACK_SYSCTLS: [(&str, &str); 6] = [
+    ("max", "net.netfilter.nf_conntrack_max"),
+    ("buckets", "net.netfilter.nf_conntrack_buckets"),
+    (
+        "tcp_timeout_established",
+        "net.netfilter.nf_conntrack_tcp_timeout_established",
+    ),
+    (
+        "tcp_timeout_time_wait",
+        "net.netfilter.nf_conntrack_tcp_timeout_time_wait",
+    ),
+    ("udp_timeout", "net.netfilter.nf_conntrack_udp_timeout"),
+    (
+        "udp_timeout_stream",
+        "net.netfilter.nf_conntrack_udp_timeout_stream",
+    ),
+];
+
+fn conntrack_fields(dto: &ConntrackDto) -> [(&'static str, &Option<Spanned<i64>>); 6] {
+    [
+        ("max", &dto.max),
+        ("buckets", &dto.buckets),
+        ("tcp_timeout_established", &dto.tcp_timeout_established),
+        ("tcp_timeout_time_wait", &dto.tcp_timeout_time_wait),
+        ("udp_timeout", &dto.udp_timeout),
+        ("udp_timeout_stream", &dto.udp_timeout_stream),
+    ]
+}
+
+pub(super) fn conntrack(dto: &ConntrackDto, d: &mut Diagnostics<'_>) -> Option<Conntrack> {
+    let mut ok = true;
+    let mut values = [None; 6];
+    for (slot, (key, value)) in values.iter_mut().zip(conntrack_fields(dto)) {
+        let Some(value) = value else { continue };
+        match u64::try_from(*value.get_ref()) {
+            Ok(v) if v > 0 => *slot = Some(v),
+            _ => {
+                d.error(
+                    value.span(),
+                    format!(
+                        "conntrack {key} must be a positive integer, not {}; remove it to keep \
+                         the kernel's value",
+                        value.get_ref()
+                    ),
+                );
+                ok = false;
+            }
+        }
+    }
+    let [
+        max,
+        buckets,
+        tcp_timeout_established,
+        tcp_timeout_time_wait,
+        udp_timeout,
+        udp_timeout_stream,
+    ] = values;
+    ok.then_some(Conntrack {
+        max,
+        buckets,
+        tcp_timeout_established,
+        tcp_timeout_time_wait,
+        udp_timeout,
+        udp_timeout_stream,
+    })
+}
+
+pub(super) fn sysctl(
+    dto: &BTreeMap<Spanned<String>, Spanned<i64>>,
+    conntrack: &ConntrackDto,
+    d: &mut Diagnostics<'_>,
+) -> Option<BTreeMap<String, i64>> {
+    let mut ok = true;
+    let mut out = BTreeMap::new();
+    for (name, value) in dto {
+        let text = name.get_ref();
+        if let Some(problem) = sysctl_name_problem(text) {
+            d.error(name.span(), format!("sysctl \"{text}\" {problem}"));
+            ok = false;
+            continue;
+        }
+        // Two places setting one knob would race at startup; make the operator pick one.
+        let set_by_conntrack = CONNTRACK_SYSCTLS
+            .iter()
+            .zip(conntrack_fields(conntrack))
+            .find(|((_, sysctl), (_, value))| sysctl == text && value.is_some());
+        if let Some(((key, _), _)) = set_by_conntrack {
+            d.error(
+                name.span(),
+                format!(
+                    "sysctl \"{text}\" is also set by `{key}` in [conntrack]; set it in one \
+                     place only"
+                ),
+            );
+            ok = false;
+            continue;
+        }
+        out.insert(text.clone(), *value.get_ref());
+    }
+    ok.then_some(out)
+}
+
+/// Sysctl names become paths under /proc/sys (dots are separators, `/` stands for a dot inside
+/// one component, as in `net.ipv4.conf.eth0/100.rp_filter`), so they must stay inside net/ and
+/// must not be able to climb out of it.
+fn sysctl_name_problem(name: &str) -> Option<String> {
+    if !name.starts_with("net.") {
+        return Some(
+            "is not a network sysctl; natlb only sets names under net. (e.g. \
+             \"net.ipv4.ip_forward\")"
+                .to_owned(),
+        );
+    }
+    if let Some(bad) = name
+        .chars()
+        .find(|c| c.is_whitespace() || c.is_control() || matches!(c, '"' | '\\' | '*'))
+    {
+        return Some(format!("contains {bad:?}, which no sysctl name has"));
+    }
+    if name.split('.').any(|part| part.chars().all(|c| c == '/')) {
+        return Some(
+            "has an empty component; write names as dot-separated words, e.g. \
+             \"net.ipv4.ip_forward\""
+                .to_owned(),
+        );
+    }
+    None
+}
