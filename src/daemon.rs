@@ -58,9 +58,15 @@ impl Daemon {
         let found = nft.read_installed(&want)?;
         let plan = reconcile::adopt(&found, &want);
         match &plan {
-            Plan::Nothing => info!(table = %want.table, "adopted the installed table: it is already as configured"),
-            Plan::Replace { reason } => info!(table = %want.table, "installing the whole table: {reason}"),
-            Plan::Deltas(d) => info!(table = %want.table, sets = d.len(), "adopted the installed table; applying the differences"),
+            Plan::Nothing => {
+                info!(table = %want.table, "adopted the installed table: it is already as configured")
+            }
+            Plan::Replace { reason } => {
+                info!(table = %want.table, "installing the whole table: {reason}")
+            }
+            Plan::Deltas(d) => {
+                info!(table = %want.table, sets = d.len(), "adopted the installed table; applying the differences")
+            }
         }
         if plan != Plan::Nothing {
             let stats = nft.apply(&plan.changes(&want, None))?;

@@ -6,8 +6,8 @@
 //! tables) → `reconcile` (diff desired vs installed, one batch per change), driven by `daemon`.
 
 pub mod config;
+pub mod daemon;
 pub mod model;
-pub mod render;
 pub mod nft;
 pub mod reconcile;
-pub mod daemon;
+pub mod render;

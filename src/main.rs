@@ -7,7 +7,11 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "natlb", version, about = "Control plane for Linux NAT gateways: TOML services -> one nftables table")]
+#[command(
+    name = "natlb",
+    version,
+    about = "Control plane for Linux NAT gateways: TOML services -> one nftables table"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

@@ -17,7 +17,11 @@ pub enum Plan {
 
 impl Plan {
     /// The batch for this plan; `old_table` names a table to remove as well (a renamed table).
-    pub fn changes<'a>(&'a self, desired: &'a Ruleset, old_table: Option<&'a str>) -> Vec<Change<'a>> {
+    pub fn changes<'a>(
+        &'a self,
+        desired: &'a Ruleset,
+        old_table: Option<&'a str>,
+    ) -> Vec<Change<'a>> {
         let mut out = Vec::new();
         if let Some(old) = old_table.filter(|&t| t != desired.table) {
             out.push(Change::DropTable(old));
@@ -140,9 +144,20 @@ mod tests {
 
     #[test]
     fn deltas_only_touch_what_changed() {
-        let a = rs_with(&[("slots4", 1, "a"), ("slots4", 2, "b"), ("svc4_mod2", 7, "x")]);
-        let b = rs_with(&[("slots4", 1, "a"), ("slots4", 2, "B"), ("slots4", 3, "c"), ("svc4_mod2", 7, "x")]);
-        let Plan::Deltas(d) = plan(&a, &b) else { panic!() };
+        let a = rs_with(&[
+            ("slots4", 1, "a"),
+            ("slots4", 2, "b"),
+            ("svc4_mod2", 7, "x"),
+        ]);
+        let b = rs_with(&[
+            ("slots4", 1, "a"),
+            ("slots4", 2, "B"),
+            ("slots4", 3, "c"),
+            ("svc4_mod2", 7, "x"),
+        ]);
+        let Plan::Deltas(d) = plan(&a, &b) else {
+            panic!()
+        };
         assert_eq!(d.len(), 1);
         assert_eq!(d[0].set, "slots4");
         assert_eq!(d[0].remove, vec![vec![Value::Int(2)]]);
@@ -158,6 +173,9 @@ mod tests {
         let mut c = a.clone();
         c.table = "other".into();
         assert!(matches!(plan(&a, &c), Plan::Replace { .. }));
-        assert!(matches!(adopt(&Installed::Absent, &a), Plan::Replace { .. }));
+        assert!(matches!(
+            adopt(&Installed::Absent, &a),
+            Plan::Replace { .. }
+        ));
     }
 }

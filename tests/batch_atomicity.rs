@@ -10,7 +10,6 @@ use natlb::nft::{Change, Installed, Nft, NftError, SetDelta};
 use natlb::render::ruleset::{Entry, Ruleset, Value};
 use natlb::render::{layout, render};
 
-
 fn elements_of(rs: &Ruleset, set: &str) -> BTreeMap<Vec<Value>, Entry> {
     rs.elements[set].clone()
 }
@@ -83,6 +82,9 @@ fn a_rejected_batch_changes_nothing_and_names_the_culprit() {
             }])
             .unwrap_err();
         assert!(err.to_string().contains("no_such_set"), "{err}");
-        assert!(matches!(&err, NftError::Rejected(e) if e[0].errno == libc::ENOENT), "{err}");
+        assert!(
+            matches!(&err, NftError::Rejected(e) if e[0].errno == libc::ENOENT),
+            "{err}"
+        );
     });
 }

@@ -17,7 +17,11 @@ fn natlb(args: &[&str]) -> std::process::Output {
 #[test]
 fn render_matches_golden() {
     let out = natlb(&["render", "-c", "examples/demo.toml"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let got = String::from_utf8(out.stdout).unwrap();
     let golden = Path::new("tests/golden/demo.nft");
     if std::env::var_os("NATLB_BLESS").is_some() {
@@ -56,13 +60,21 @@ fn nft_accepts_the_rendered_script() {
     use std::io::Write;
     child.stdin.take().unwrap().write_all(&out.stdout).unwrap();
     let res = child.wait_with_output().unwrap();
-    assert!(res.status.success(), "nft -c refused the render:\n{}", String::from_utf8_lossy(&res.stderr));
+    assert!(
+        res.status.success(),
+        "nft -c refused the render:\n{}",
+        String::from_utf8_lossy(&res.stderr)
+    );
 }
 
 #[test]
 fn check_accepts_the_demo_config() {
     let out = natlb(&["check", "-c", "examples/demo.toml"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(String::from_utf8_lossy(&out.stdout).contains("ok (3 service(s)"));
 }
 

@@ -149,8 +149,8 @@ impl Gateway {
         self.lab.in_client(|| {
             let mut counts = HashMap::new();
             for _ in 0..n {
-                let line = lab::tcp_request(vip, T)
-                    .unwrap_or_else(|e| panic!("TCP to {vip} failed: {e}"));
+                let line =
+                    lab::tcp_request(vip, T).unwrap_or_else(|e| panic!("TCP to {vip} failed: {e}"));
                 let (id, _) = lab::parse_reply(&line).unwrap();
                 *counts.entry(id).or_insert(0) += 1;
             }
@@ -170,11 +170,11 @@ fn blank_counters(listing: &str) -> String {
     let mut words = listing.split(' ').peekable();
     while let Some(w) = words.next() {
         out.push(w.to_string());
-        if w == "packets" || w == "bytes" {
-            if let Some(n) = words.next() {
-                let digits = n.trim_end_matches(|c: char| !c.is_ascii_digit()).len();
-                out.push(format!("N{}", &n[digits..]));
-            }
+        if (w == "packets" || w == "bytes")
+            && let Some(n) = words.next()
+        {
+            let digits = n.trim_end_matches(|c: char| !c.is_ascii_digit()).len();
+            out.push(format!("N{}", &n[digits..]));
         }
     }
     out.join(" ")
@@ -205,8 +205,14 @@ fn weighted_tcp_udp_ipv6_and_snat_policies() {
     assert_eq!(counts.get("be2"), None, "backup got traffic: {counts:?}");
 
     // masquerade: backends see the gateway's address; snat = "none": the client's own.
-    assert_eq!(g.peer_seen("203.0.113.10:80"), "192.0.2.1".parse::<IpAddr>().unwrap());
-    assert_eq!(g.peer_seen("203.0.113.11:80"), "198.51.100.2".parse::<IpAddr>().unwrap());
+    assert_eq!(
+        g.peer_seen("203.0.113.10:80"),
+        "192.0.2.1".parse::<IpAddr>().unwrap()
+    );
+    assert_eq!(
+        g.peer_seen("203.0.113.11:80"),
+        "198.51.100.2".parse::<IpAddr>().unwrap()
+    );
 
     // UDP: every request from a new socket is a new flow, and both backends answer some.
     let udp: Vec<String> = g.lab.in_client(|| {
@@ -218,19 +224,30 @@ fn weighted_tcp_udp_ipv6_and_snat_policies() {
             .collect()
     });
     for id in ["be0", "be1"] {
-        assert!(udp.iter().any(|x| x == id), "no UDP answer from {id}: {udp:?}");
+        assert!(
+            udp.iter().any(|x| x == id),
+            "no UDP answer from {id}: {udp:?}"
+        );
     }
 
     // IPv6 VIP, masqueraded to the gateway's IPv6 address on the backend side.
     let v6 = g.tcp_shares("[fd00:3::10]:80", 60);
     assert!(v6.contains_key("be0") && v6.contains_key("be1"), "{v6:?}");
-    assert_eq!(g.peer_seen("[fd00:3::10]:80"), "fd00:2::1".parse::<IpAddr>().unwrap());
+    assert_eq!(
+        g.peer_seen("[fd00:3::10]:80"),
+        "fd00:2::1".parse::<IpAddr>().unwrap()
+    );
 
     // The operator's view names services and backends, and natlb owns just its table.
     let table = g.table();
     assert!(table.contains("comment \"web 192.0.2.11:8080\""), "{table}");
-    assert!(table.contains("comment \"web6 [fd00:2::12]:8080\""), "{table}");
-    let tables = g.lab.exec_ok(g.lab.gateway_ns(), &["nft", "list", "tables"]);
+    assert!(
+        table.contains("comment \"web6 [fd00:2::12]:8080\""),
+        "{table}"
+    );
+    let tables = g
+        .lab
+        .exec_ok(g.lab.gateway_ns(), &["nft", "list", "tables"]);
     assert_eq!(tables.trim(), "table inet natlb");
 }
 
@@ -242,16 +259,26 @@ fn reload_changes_shares_and_a_bad_reload_changes_nothing() {
     g.reload(&config(&dir, 1, 3, true), "reload applied in one batch");
     let counts = g.tcp_shares("203.0.113.10:80", SAMPLES);
     let s1 = share(&counts, "be1");
-    assert!((0.65..=0.85).contains(&s1), "after reload be1 share {s1} of {counts:?}");
+    assert!(
+        (0.65..=0.85).contains(&s1),
+        "after reload be1 share {s1} of {counts:?}"
+    );
 
     // A config with an unknown key is refused; the table stays exactly as it was.
     let before = g.table();
     let bad = config(&dir, 5, 1, true).replace("snat = \"none\"", "snat = \"none\"\nbogus = 1");
     g.reload(&bad, "reload refused");
-    assert!(g.log().contains("bogus"), "the error names the key:\n{}", g.log());
+    assert!(
+        g.log().contains("bogus"),
+        "the error names the key:\n{}",
+        g.log()
+    );
     assert_same_table(&g.table(), &before);
     // A config that parses but is invalid (backend of the wrong family) is refused as well.
-    let invalid = config(&dir, 5, 1, true).replace("192.0.2.13:8080\"\n\n[[service]]\nname = \"dns\"", "[fd00:2::13]:8080\"\n\n[[service]]\nname = \"dns\"");
+    let invalid = config(&dir, 5, 1, true).replace(
+        "192.0.2.13:8080\"\n\n[[service]]\nname = \"dns\"",
+        "[fd00:2::13]:8080\"\n\n[[service]]\nname = \"dns\"",
+    );
     assert_ne!(invalid, config(&dir, 5, 1, true));
     g.reload(&invalid, "reload refused");
     assert_same_table(&g.table(), &before);
@@ -279,7 +306,8 @@ fn kill9_keeps_traffic_and_a_restart_adopts_without_a_change() {
 
     g.start();
     assert!(
-        g.log().contains("adopted the installed table: it is already as configured"),
+        g.log()
+            .contains("adopted the installed table: it is already as configured"),
         "{}",
         g.log()
     );
@@ -296,7 +324,12 @@ fn kill9_keeps_traffic_and_a_restart_adopts_without_a_change() {
     g.natlb.as_mut().unwrap().stop(Duration::from_secs(5));
     std::fs::write(&g.config, config(g.lab.dir(), 1, 1, true)).unwrap();
     g.start();
-    assert!(g.log().contains("adopted the installed table; applying the differences"), "{}", g.log());
+    assert!(
+        g.log()
+            .contains("adopted the installed table; applying the differences"),
+        "{}",
+        g.log()
+    );
     assert_ne!(g.table(), before);
 }
 
@@ -306,7 +339,16 @@ fn sigterm_without_keep_rules_removes_the_table() {
     assert!(g.table().contains("table inet natlb"));
     let status = g.natlb.as_mut().unwrap().stop(Duration::from_secs(5));
     assert!(status.success(), "{status:?}\n{}", g.log());
-    let tables = g.lab.exec_ok(g.lab.gateway_ns(), &["nft", "list", "tables"]);
+    let tables = g
+        .lab
+        .exec_ok(g.lab.gateway_ns(), &["nft", "list", "tables"]);
     assert_eq!(tables.trim(), "", "table left behind");
-    assert!(g.lab.tcp_request("203.0.113.10:80".parse().unwrap(), Duration::from_millis(500)).is_err());
+    assert!(
+        g.lab
+            .tcp_request(
+                "203.0.113.10:80".parse().unwrap(),
+                Duration::from_millis(500)
+            )
+            .is_err()
+    );
 }

@@ -35,9 +35,15 @@ fn netlink_and_script_list_the_same() {
         let d = dir.write("a.txt", &list_a);
         let e = dir.write("b.txt", &list_b);
         let diff = lab::run(&["diff", "-u", d.to_str().unwrap(), e.to_str().unwrap()]);
-        panic!("netlink vs script differ:\n{}", String::from_utf8_lossy(&diff.stdout));
+        panic!(
+            "netlink vs script differ:\n{}",
+            String::from_utf8_lossy(&diff.stdout)
+        );
     }
-    assert!(list_a.contains("comment \"web 192.0.2.11:8080\""), "{list_a}");
+    assert!(
+        list_a.contains("comment \"web 192.0.2.11:8080\""),
+        "{list_a}"
+    );
     // The whole ruleset must list cleanly too (nft's decoder is stricter than the kernel).
     lab::exec_in_ok(a.name(), &["nft", "list", "ruleset"]);
 }

@@ -981,3 +981,21 @@ fn load_reads_files_and_names_them_in_errors() {
 
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn too_many_backends_for_a_slot_table() {
+    let mut text = String::from("[[service]]\nname = \"big\"\nlisten = \"203.0.113.1:80\"\n");
+    for i in 0..257 {
+        text.push_str(&format!(
+            "[[service.backend]]\naddress = \"10.{}.{}.1:80\"\n",
+            i / 256,
+            i % 256
+        ));
+    }
+    let e = error(&text);
+    assert!(e.starts_with("t.toml:2:8: "), "{e}");
+    assert!(
+        e.contains("257 backends") && e.contains("at most 256"),
+        "{e}"
+    );
+}

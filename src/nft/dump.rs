@@ -89,7 +89,8 @@ fn parse_table_comment(reply: &Reply<'_>) -> Result<Option<String>, NftError> {
         let mut out = None;
         if rc >= 0 {
             let mut len = 0u32;
-            let p = sys::nftnl_table_get_data(t.as_ptr(), sys::NFTNL_TABLE_USERDATA as u16, &mut len);
+            let p =
+                sys::nftnl_table_get_data(t.as_ptr(), sys::NFTNL_TABLE_USERDATA as u16, &mut len);
             if !p.is_null() {
                 let ud = std::slice::from_raw_parts(p.cast::<u8>(), len as usize);
                 out = udata::parse_comment(ud);
@@ -117,16 +118,21 @@ pub fn set_elements(
     let result = sock.request(
         &format!("reading the elements of set {set} of table inet {table}"),
         |seq| {
-            build_request(libc::NFT_MSG_GETSETELEM, libc::NLM_F_DUMP as u32, seq, |nlh| {
-                // SAFETY: a fresh set object used to build the request, then freed.
-                unsafe {
-                    let s = sys::nftnl_set_alloc();
-                    sys::nftnl_set_set_str(s, sys::NFTNL_SET_TABLE as u16, ctable.as_ptr());
-                    sys::nftnl_set_set_str(s, sys::NFTNL_SET_NAME as u16, cset.as_ptr());
-                    sys::nftnl_set_elems_nlmsg_build_payload(nlh, s);
-                    sys::nftnl_set_free(s);
-                }
-            })
+            build_request(
+                libc::NFT_MSG_GETSETELEM,
+                libc::NLM_F_DUMP as u32,
+                seq,
+                |nlh| {
+                    // SAFETY: a fresh set object used to build the request, then freed.
+                    unsafe {
+                        let s = sys::nftnl_set_alloc();
+                        sys::nftnl_set_set_str(s, sys::NFTNL_SET_TABLE as u16, ctable.as_ptr());
+                        sys::nftnl_set_set_str(s, sys::NFTNL_SET_NAME as u16, cset.as_ptr());
+                        sys::nftnl_set_elems_nlmsg_build_payload(nlh, s);
+                        sys::nftnl_set_free(s);
+                    }
+                },
+            )
         },
         |reply| {
             if reply.ty == nft_msg_type(libc::NFT_MSG_NEWSETELEM) {

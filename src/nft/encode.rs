@@ -13,8 +13,8 @@ use nftnl_sys as sys;
 
 use super::udata;
 use crate::render::ruleset::{
-    ChainSpec, CmpOp, Entry, Expr, Hook, NatKind, SetSpec, Value, concat_datatype,
-    concat_len, encode_values,
+    ChainSpec, CmpOp, Entry, Expr, Hook, NatKind, SetSpec, Value, concat_datatype, concat_len,
+    encode_values,
 };
 
 const NFPROTO_INET: u16 = libc::NFPROTO_INET as u16;
@@ -185,9 +185,17 @@ impl SetMsg {
         // SAFETY: s is live; setters copy their input; the counter expression's ownership
         // passes to the set.
         unsafe {
-            let flags = if spec.is_map() { libc::NFT_SET_MAP as u32 } else { 0 };
+            let flags = if spec.is_map() {
+                libc::NFT_SET_MAP as u32
+            } else {
+                0
+            };
             sys::nftnl_set_set_u32(p, sys::NFTNL_SET_FLAGS as u16, flags);
-            sys::nftnl_set_set_u32(p, sys::NFTNL_SET_KEY_TYPE as u16, concat_datatype(&spec.key));
+            sys::nftnl_set_set_u32(
+                p,
+                sys::NFTNL_SET_KEY_TYPE as u16,
+                concat_datatype(&spec.key),
+            );
             sys::nftnl_set_set_u32(p, sys::NFTNL_SET_KEY_LEN as u16, concat_len(&spec.key));
             if spec.is_map() {
                 sys::nftnl_set_set_u32(
@@ -221,7 +229,12 @@ impl SetMsg {
         set: &str,
         elements: impl IntoIterator<Item = (&'a Vec<Value>, &'a Entry)>,
     ) -> Vec<(SetMsg, usize)> {
-        Self::element_chunks(table, set, SetMsgKind::AddElements, elements.into_iter().map(|(k, e)| (k, Some(e))))
+        Self::element_chunks(
+            table,
+            set,
+            SetMsgKind::AddElements,
+            elements.into_iter().map(|(k, e)| (k, Some(e))),
+        )
     }
 
     /// Element lists to delete the elements with these keys from `set`.
@@ -230,7 +243,12 @@ impl SetMsg {
         set: &str,
         keys: impl IntoIterator<Item = &'a Vec<Value>>,
     ) -> Vec<(SetMsg, usize)> {
-        Self::element_chunks(table, set, SetMsgKind::DelElements, keys.into_iter().map(|k| (k, None)))
+        Self::element_chunks(
+            table,
+            set,
+            SetMsgKind::DelElements,
+            keys.into_iter().map(|k| (k, None)),
+        )
     }
 
     fn element_chunks<'a>(
@@ -244,11 +262,16 @@ impl SetMsg {
         for (key, entry) in elements {
             let key = encode_values(key);
             let data = entry.map(|e| encode_values(&e.data)).unwrap_or_default();
-            let ud = entry.map(|e| udata::comment(&e.comment)).unwrap_or_default();
+            let ud = entry
+                .map(|e| udata::comment(&e.comment))
+                .unwrap_or_default();
             // Attribute headers and padding: element nest, key nest + value, data nest + value,
             // userdata.
             let size = 4 + 8 + key.len() + 8 + data.len() + 4 + ud.len().next_multiple_of(4);
-            if current.as_ref().is_some_and(|(_, _, bytes)| bytes + size > ELEMENT_LIST_BUDGET) {
+            if current
+                .as_ref()
+                .is_some_and(|(_, _, bytes)| bytes + size > ELEMENT_LIST_BUDGET)
+            {
                 let (msg, n, _) = current.take().expect("checked");
                 out.push((msg, n));
             }
@@ -395,7 +418,9 @@ fn expr_alloc(name: &std::ffi::CStr) -> NonNull<sys::nftnl_expr> {
 
 /// Builds one libnftnl expression. The caller takes ownership.
 fn build_expr(e: &Expr, set_id: &impl Fn(&str) -> u32) -> NonNull<sys::nftnl_expr> {
-    use sys::{nftnl_expr_set as set_data, nftnl_expr_set_u8 as set_u8, nftnl_expr_set_u32 as set_u32};
+    use sys::{
+        nftnl_expr_set as set_data, nftnl_expr_set_u8 as set_u8, nftnl_expr_set_u32 as set_u32,
+    };
     // SAFETY: every setter takes a live expression of the named type and copies its input.
     unsafe {
         match e {
@@ -413,10 +438,20 @@ fn build_expr(e: &Expr, set_id: &impl Fn(&str) -> u32) -> NonNull<sys::nftnl_exp
                 } as u32;
                 set_u32(x.as_ptr(), sys::NFTNL_EXPR_CMP_SREG as u16, *sreg);
                 set_u32(x.as_ptr(), sys::NFTNL_EXPR_CMP_OP as u16, op);
-                set_data(x.as_ptr(), sys::NFTNL_EXPR_CMP_DATA as u16, data.as_ptr().cast(), data.len() as u32);
+                set_data(
+                    x.as_ptr(),
+                    sys::NFTNL_EXPR_CMP_DATA as u16,
+                    data.as_ptr().cast(),
+                    data.len() as u32,
+                );
                 x
             }
-            Expr::Payload { base, offset, len, dreg } => {
+            Expr::Payload {
+                base,
+                offset,
+                len,
+                dreg,
+            } => {
                 let x = expr_alloc(c"payload");
                 set_u32(x.as_ptr(), sys::NFTNL_EXPR_PAYLOAD_DREG as u16, *dreg);
                 set_u32(x.as_ptr(), sys::NFTNL_EXPR_PAYLOAD_BASE as u16, *base);
@@ -433,20 +468,43 @@ fn build_expr(e: &Expr, set_id: &impl Fn(&str) -> u32) -> NonNull<sys::nftnl_exp
                 }
                 x
             }
-            Expr::Bitwise { sreg, dreg, mask, xor } => {
+            Expr::Bitwise {
+                sreg,
+                dreg,
+                mask,
+                xor,
+            } => {
                 let x = expr_alloc(c"bitwise");
                 set_u32(x.as_ptr(), sys::NFTNL_EXPR_BITWISE_SREG as u16, *sreg);
                 set_u32(x.as_ptr(), sys::NFTNL_EXPR_BITWISE_DREG as u16, *dreg);
-                set_u32(x.as_ptr(), sys::NFTNL_EXPR_BITWISE_LEN as u16, mask.len() as u32);
-                set_data(x.as_ptr(), sys::NFTNL_EXPR_BITWISE_MASK as u16, mask.as_ptr().cast(), mask.len() as u32);
-                set_data(x.as_ptr(), sys::NFTNL_EXPR_BITWISE_XOR as u16, xor.as_ptr().cast(), xor.len() as u32);
+                set_u32(
+                    x.as_ptr(),
+                    sys::NFTNL_EXPR_BITWISE_LEN as u16,
+                    mask.len() as u32,
+                );
+                set_data(
+                    x.as_ptr(),
+                    sys::NFTNL_EXPR_BITWISE_MASK as u16,
+                    mask.as_ptr().cast(),
+                    mask.len() as u32,
+                );
+                set_data(
+                    x.as_ptr(),
+                    sys::NFTNL_EXPR_BITWISE_XOR as u16,
+                    xor.as_ptr().cast(),
+                    xor.len() as u32,
+                );
                 x
             }
             Expr::Numgen { dreg, modulus } => {
                 let x = expr_alloc(c"numgen");
                 set_u32(x.as_ptr(), sys::NFTNL_EXPR_NG_DREG as u16, *dreg);
                 set_u32(x.as_ptr(), sys::NFTNL_EXPR_NG_MODULUS as u16, *modulus);
-                set_u32(x.as_ptr(), sys::NFTNL_EXPR_NG_TYPE as u16, libc::NFT_NG_RANDOM as u32);
+                set_u32(
+                    x.as_ptr(),
+                    sys::NFTNL_EXPR_NG_TYPE as u16,
+                    libc::NFT_NG_RANDOM as u32,
+                );
                 x
             }
             Expr::Lookup { sreg, set, dreg } => {
@@ -456,19 +514,40 @@ fn build_expr(e: &Expr, set_id: &impl Fn(&str) -> u32) -> NonNull<sys::nftnl_exp
                 if let Some(d) = dreg {
                     set_u32(x.as_ptr(), sys::NFTNL_EXPR_LOOKUP_DREG as u16, *d);
                 }
-                sys::nftnl_expr_set_str(x.as_ptr(), sys::NFTNL_EXPR_LOOKUP_SET as u16, name.as_ptr());
-                set_u32(x.as_ptr(), sys::NFTNL_EXPR_LOOKUP_SET_ID as u16, set_id(set));
+                sys::nftnl_expr_set_str(
+                    x.as_ptr(),
+                    sys::NFTNL_EXPR_LOOKUP_SET as u16,
+                    name.as_ptr(),
+                );
+                set_u32(
+                    x.as_ptr(),
+                    sys::NFTNL_EXPR_LOOKUP_SET_ID as u16,
+                    set_id(set),
+                );
                 x
             }
-            Expr::Nat { kind, family, addr_reg, proto_reg } => {
+            Expr::Nat {
+                kind,
+                family,
+                addr_reg,
+                proto_reg,
+            } => {
                 let x = expr_alloc(c"nat");
                 let ty = match kind {
                     NatKind::Snat => libc::NFT_NAT_SNAT,
                     NatKind::Dnat => libc::NFT_NAT_DNAT,
                 } as u32;
                 set_u32(x.as_ptr(), sys::NFTNL_EXPR_NAT_TYPE as u16, ty);
-                set_u32(x.as_ptr(), sys::NFTNL_EXPR_NAT_FAMILY as u16, u32::from(family.nfproto()));
-                set_u32(x.as_ptr(), sys::NFTNL_EXPR_NAT_REG_ADDR_MIN as u16, *addr_reg);
+                set_u32(
+                    x.as_ptr(),
+                    sys::NFTNL_EXPR_NAT_FAMILY as u16,
+                    u32::from(family.nfproto()),
+                );
+                set_u32(
+                    x.as_ptr(),
+                    sys::NFTNL_EXPR_NAT_REG_ADDR_MIN as u16,
+                    *addr_reg,
+                );
                 if let Some(p) = proto_reg {
                     set_u32(x.as_ptr(), sys::NFTNL_EXPR_NAT_REG_PROTO_MIN as u16, *p);
                 }

@@ -57,7 +57,9 @@ pub enum Installed {
     Absent,
     /// A table that natlb cannot adopt element by element (another layout version, a missing
     /// set, an element it cannot read): it is replaced as a whole, atomically.
-    Foreign { reason: String },
+    Foreign {
+        reason: String,
+    },
     Ours(Ruleset),
 }
 
@@ -87,21 +89,44 @@ impl Nft {
             match *change {
                 Change::DropTable(name) => {
                     let t = TableMsg::new(name, None);
-                    b.push(&t, MsgType::Add, format!("making sure table inet {name} exists"));
+                    b.push(
+                        &t,
+                        MsgType::Add,
+                        format!("making sure table inet {name} exists"),
+                    );
                     b.push(&t, MsgType::Del, format!("deleting table inet {name}"));
                 }
                 Change::CreateTable(rs) => create_table(&mut b, rs),
                 Change::Elements { table, deltas } => {
                     for d in deltas {
                         for (msg, n) in SetMsg::del_elements(table, &d.set, &d.remove) {
-                            b.push(&msg, MsgType::Del, format!("removing {n} element(s) from {} (first: {})", d.set, describe(&d.remove[0])));
+                            b.push(
+                                &msg,
+                                MsgType::Del,
+                                format!(
+                                    "removing {n} element(s) from {} (first: {})",
+                                    d.set,
+                                    describe(&d.remove[0])
+                                ),
+                            );
                         }
                     }
                     for d in deltas {
                         let mut at = 0;
-                        for (msg, n) in SetMsg::add_elements(table, &d.set, d.add.iter().map(|(k, e)| (k, e))) {
+                        for (msg, n) in
+                            SetMsg::add_elements(table, &d.set, d.add.iter().map(|(k, e)| (k, e)))
+                        {
                             let first = &d.add[at];
-                            b.push(&msg, MsgType::Add, format!("adding {n} element(s) to {} (first: {} \"{}\")", d.set, describe(&first.0), first.1.comment));
+                            b.push(
+                                &msg,
+                                MsgType::Add,
+                                format!(
+                                    "adding {n} element(s) to {} (first: {} \"{}\")",
+                                    d.set,
+                                    describe(&first.0),
+                                    first.1.comment
+                                ),
+                            );
                             at += n;
                         }
                     }

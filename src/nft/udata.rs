@@ -189,8 +189,14 @@ mod tests {
 
     #[test]
     fn comments_round_trip_and_are_bounded() {
-        assert_eq!(parse_comment(&comment("web 10.0.0.1:80")).unwrap(), "web 10.0.0.1:80");
+        assert_eq!(
+            parse_comment(&comment("web 10.0.0.1:80")).unwrap(),
+            "web 10.0.0.1:80"
+        );
         let long = "x".repeat(300);
-        assert_eq!(parse_comment(&comment(&long)).unwrap().len(), COMMENT_MAX - 1);
+        assert_eq!(
+            parse_comment(&comment(&long)).unwrap().len(),
+            COMMENT_MAX - 1
+        );
     }
 }

@@ -4,9 +4,7 @@
 //! objects as data for the netlink encoder. A test installs both and compares `nft list table`,
 //! so the two can never drift apart.
 
-use super::ruleset::{
-    ChainSpec, CmpOp, Expr, Family, Field, Hook, NatKind, RuleSpec, SetSpec,
-};
+use super::ruleset::{ChainSpec, CmpOp, Expr, Family, Field, Hook, NatKind, RuleSpec, SetSpec};
 use crate::model::Protocol;
 
 /// The slot-table sizes a service can use. Each size costs one rule per family and hook, and a
@@ -369,7 +367,10 @@ mod tests {
                 Some(i) => format!("{}{{T}}", &s.name[..i + 4]),
                 None => s.name.clone(),
             };
-            assert!(TEMPLATE.contains(&format!(" {generic} {{")), "{generic} missing from template");
+            assert!(
+                TEMPLATE.contains(&format!(" {generic} {{")),
+                "{generic} missing from template"
+            );
         }
     }
 }

@@ -32,7 +32,10 @@ pub fn render(model: &Model, is_up: impl Fn(&Service, &Backend) -> bool) -> Rule
 
 /// The backends that get new connections: the primaries that are up, or, while none is, the
 /// backups that are up. Returns their positions in `service.backends`.
-pub fn active_backends(service: &Service, is_up: impl Fn(&Service, &Backend) -> bool) -> Vec<usize> {
+pub fn active_backends(
+    service: &Service,
+    is_up: impl Fn(&Service, &Backend) -> bool,
+) -> Vec<usize> {
     let up = |backup: bool| -> Vec<usize> {
         service
             .backends
@@ -43,7 +46,11 @@ pub fn active_backends(service: &Service, is_up: impl Fn(&Service, &Backend) -> 
             .collect()
     };
     let primaries = up(false);
-    if primaries.is_empty() { up(true) } else { primaries }
+    if primaries.is_empty() {
+        up(true)
+    } else {
+        primaries
+    }
 }
 
 fn service_elements(

@@ -166,12 +166,18 @@ mod tests {
 
     #[test]
     fn approximate_shares_stay_within_tolerance() {
-        for weights in [vec![1u32; 17], vec![100, 1], vec![7, 11, 13, 17], vec![1; 40]] {
+        for weights in [
+            vec![1u32; 17],
+            vec![100, 1],
+            vec![7, 11, 13, 17],
+            vec![1; 40],
+        ] {
             let t = weighted(&weights).unwrap();
             let total: u32 = weights.iter().sum();
             let c = shares(&t, weights.len());
             for (w, c) in weights.iter().zip(&c) {
-                let err = (f64::from(*c) / f64::from(t.size()) - f64::from(*w) / f64::from(total)).abs();
+                let err =
+                    (f64::from(*c) / f64::from(t.size()) - f64::from(*w) / f64::from(total)).abs();
                 assert!(err <= 0.02, "{weights:?} -> {c:?} of {}", t.size());
                 assert!(*c >= 1);
             }

@@ -398,6 +398,20 @@ fn backends(
         );
         return None;
     }
+    // A service's slot table holds at most MAX_SLOTS backends (see render::layout).
+    let max = crate::render::layout::MAX_SLOTS as usize;
+    if list.len() > max {
+        let span = s.name.as_ref().map_or(header.clone(), |n| n.span());
+        d.error(
+            span,
+            format!(
+                "{who} has {} backends; natlb supports at most {max} per service, split it \
+                 into several services",
+                list.len()
+            ),
+        );
+        return None;
+    }
     let mut seen = FirstSeen::new();
     let mut out = Some(Vec::with_capacity(list.len()));
     for b in list {
