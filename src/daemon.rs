@@ -111,7 +111,17 @@ impl Daemon {
             return;
         }
         let changes = plan.changes(&want, Some(&self.installed.table));
-        match self.nft.apply(&changes) {
+        let mut result = self.nft.apply(&changes);
+        if let Err(NftError::Rejected(errors)) = &result {
+            // The kernel's table is not what natlb last installed (someone changed it by hand):
+            // read it back and apply the difference from what is really there.
+            warn!(
+                "the batch was refused ({}); re-reading table inet {} and retrying once",
+                errors[0], want.table
+            );
+            result = self.resync(&want);
+        }
+        match result {
             Ok(stats) => {
                 let elements: usize = match &plan {
                     Plan::Deltas(d) => d.iter().map(|d| d.add.len() + d.remove.len()).sum(),
@@ -129,6 +139,14 @@ impl Daemon {
             }
             Err(e) => error!("reload failed, the running ruleset is unchanged: {e}"),
         }
+    }
+
+    /// Reads the installed table back and applies what it takes to make it `want`.
+    fn resync(&mut self, want: &Ruleset) -> Result<crate::nft::CommitStats, NftError> {
+        let found = self.nft.read_installed(want)?;
+        let plan = reconcile::adopt(&found, want);
+        self.nft
+            .apply(&plan.changes(want, Some(&self.installed.table)))
     }
 
     fn stop(mut self) -> Result<(), DaemonError> {

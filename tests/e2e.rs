@@ -352,3 +352,41 @@ fn sigterm_without_keep_rules_removes_the_table() {
             .is_err()
     );
 }
+
+#[test]
+fn a_reload_after_a_hand_edit_resynchronises() {
+    let g = Gateway::new(3, 1, true);
+    // An operator removes the web service's class element by hand...
+    g.lab.exec_ok(
+        g.lab.gateway_ns(),
+        &[
+            "nft",
+            "delete",
+            "element",
+            "inet",
+            "natlb",
+            "svc4_mod4",
+            "{ 203.0.113.10 . tcp . 80 }",
+        ],
+    );
+    assert!(
+        g.lab
+            .tcp_request(
+                "203.0.113.10:80".parse().unwrap(),
+                Duration::from_millis(300)
+            )
+            .is_err()
+    );
+    // ...then a reload whose delta would delete it again: natlb re-reads the table and applies
+    // the difference from what is really installed.
+    g.reload(
+        &config(g.lab.dir(), 1, 1, true),
+        "reload applied in one batch",
+    );
+    assert!(g.log().contains("retrying once"), "{}", g.log());
+    let counts = g.tcp_shares("203.0.113.10:80", 60);
+    assert!(
+        counts.contains_key("be0") && counts.contains_key("be1"),
+        "{counts:?}"
+    );
+}
