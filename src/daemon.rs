@@ -40,6 +40,12 @@ fn desired(model: &Model) -> Ruleset {
     render::render(model, |_, _| true)
 }
 
+fn warn_unsupported(model: &Model) {
+    for w in crate::support::not_yet_supported(model) {
+        warn!("{w}");
+    }
+}
+
 fn summary(rs: &Ruleset, model: &Model) -> String {
     let backends: usize = model.services.iter().map(|s| s.backends.len()).sum();
     format!(
@@ -53,6 +59,7 @@ fn summary(rs: &Ruleset, model: &Model) -> String {
 impl Daemon {
     fn start(config_path: &Path) -> Result<Daemon, DaemonError> {
         let model = config::load(config_path)?;
+        warn_unsupported(&model);
         let want = desired(&model);
         let mut nft = Nft::open()?;
         let found = nft.read_installed(&want)?;
@@ -100,6 +107,7 @@ impl Daemon {
                 return;
             }
         };
+        warn_unsupported(&model);
         let want = desired(&model);
         let plan = reconcile::plan(&self.installed, &want);
         if let Plan::Replace { reason } = &plan {

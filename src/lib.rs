@@ -11,3 +11,4 @@ pub mod model;
 pub mod nft;
 pub mod reconcile;
 pub mod render;
+pub mod support;

@@ -72,6 +72,18 @@ pub enum Scheduler {
     LeastConn,
 }
 
+impl Scheduler {
+    /// The name the config uses.
+    pub fn name(self) -> &'static str {
+        match self {
+            Scheduler::Weighted => "weighted",
+            Scheduler::RoundRobin => "round-robin",
+            Scheduler::SourceHash => "source-hash",
+            Scheduler::LeastConn => "least-conn",
+        }
+    }
+}
+
 /// Source NAT applied to load-balanced traffic on its way to a backend.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Snat {

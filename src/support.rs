@@ -1,0 +1,73 @@
+//! What this version of natlb accepts in a config but does not act on yet.
+//!
+//! The config schema is the full contract of spec.md; the features behind some of its keys
+//! arrive in later versions. Until then natlb says so, by name, wherever a config is read
+//! (`check`, `render`, `run`), instead of silently doing something else.
+
+use crate::model::{HealthKind, Model, Scheduler};
+
+/// One warning per config element that natlb does not act on yet, saying what it does instead.
+pub fn not_yet_supported(model: &Model) -> Vec<String> {
+    let mut out = Vec::new();
+    for s in &model.services {
+        if s.scheduler != Scheduler::Weighted {
+            out.push(format!(
+                "service {}: scheduler \"{}\" is not implemented yet; new connections are spread \
+                 at random by weight (scheduler \"weighted\")",
+                s.name,
+                s.scheduler.name()
+            ));
+        }
+        if s.persistence.is_some() {
+            out.push(format!(
+                "service {}: persistence is not implemented yet; every new connection picks a \
+                 backend afresh",
+                s.name
+            ));
+        }
+    }
+    let probed: Vec<&str> = model
+        .services
+        .iter()
+        .filter(|s| s.health.kind != HealthKind::None)
+        .map(|s| s.name.as_str())
+        .collect();
+    if !probed.is_empty() {
+        out.push(format!(
+            "health probes are not implemented yet (service {}): every backend is treated as up",
+            probed.join(", ")
+        ));
+    }
+    if !model.egress.is_empty() {
+        out.push("[[egress]] is not applied yet: no egress SNAT rules are installed".into());
+    }
+    if model.conntrack != Default::default() || !model.sysctl.is_empty() {
+        out.push(
+            "[conntrack] and [sysctl] are not applied yet: natlb leaves the kernel's values alone"
+                .into(),
+        );
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_what_is_not_done_yet() {
+        let m = crate::config::parse(
+            "t.toml",
+            "[[service]]\nname = \"a\"\nlisten = \"203.0.113.1:80\"\nscheduler = \"least-conn\"\n\
+             persistence = \"5m\"\n[[service.backend]]\naddress = \"192.0.2.1\"\n\
+             [[service]]\nname = \"b\"\nlisten = \"203.0.113.2:80\"\n[service.health]\ntype = \"none\"\n\
+             [[service.backend]]\naddress = \"192.0.2.1\"\n",
+        )
+        .unwrap();
+        let w = not_yet_supported(&m);
+        assert_eq!(w.len(), 3, "{w:#?}");
+        assert!(w[0].contains("service a") && w[0].contains("\"least-conn\""));
+        assert!(w[1].contains("persistence"));
+        assert!(w[2].contains("(service a)"), "b has no probe: {}", w[2]);
+    }
+}
