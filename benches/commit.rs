@@ -1,0 +1,1054 @@
+//! Commit benchmark: what natlb's kernel commits cost as the number of services grows.
+//!
+//! For each size N (services × backends each, weighted scheduler, weights 1, SNAT masquerade;
+//! VIPs in 198.18.0.0/16, backends in 198.19.0.0/16: benchmarking ranges, nothing is sent), each
+//! in fresh network namespaces that this program creates and removes (also on panic, SIGINT and
+//! SIGTERM):
+//!
+//! 1. cold install through netlink (render + encode + kernel commit of the whole table);
+//! 2. the same render as an nft script loaded with `nft -f` into another fresh namespace;
+//! 3. withdraw one random backend, then restore it, many times: render + diff in user space, and
+//!    the kernel commit of the element deltas (the figure the issue targets);
+//! 4. the real daemon (`natlb run`) started on the same services as a TOML config: its RSS once
+//!    it says "natlb is running".
+//!
+//! Prints a markdown table on stdout (progress goes to stderr). It asserts no timings.
+//!
+//! `cargo bench --bench commit -- [--sizes 1000,10000,50000] [--backends 10] [--rounds N]
+//! [--seed S] [--no-nft] [--no-rss]`. Needs root (network namespaces, nf_tables).
+
+use std::fmt::Write as _;
+use std::fs::File;
+use std::io::{BufRead, BufReader};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitCode, Stdio};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use nix::sched::{CloneFlags, setns};
+use nix::sys::signal::{self, SigSet, Signal};
+use nix::unistd::Pid;
+
+use natlb::model::{
+    Backend, Conntrack, Daemon, Health, HealthKind, Model, OnAllDown, Protocol, Scheduler, Service,
+    Snat, Vip,
+};
+use natlb::nft::{Change, CommitStats, Installed, Nft};
+use natlb::reconcile::{self, Plan};
+use natlb::render::ruleset::Ruleset;
+use natlb::render::{render, script::to_script};
+
+const TABLE: &str = "natlb";
+/// How long the daemon may take to say "natlb is running".
+const DAEMON_START_TIMEOUT: Duration = Duration::from_secs(600);
+
+// ---------------------------------------------------------------------------------------------
+// Options
+// ---------------------------------------------------------------------------------------------
+
+struct Options {
+    sizes: Vec<usize>,
+    backends: usize,
+    /// Withdraw/restore rounds per size; `None`: 200 up to 10k services, 100 above.
+    rounds: Option<usize>,
+    seed: u64,
+    nft_reference: bool,
+    rss: bool,
+}
+
+const USAGE: &str = "usage: cargo bench --bench commit -- [--sizes 1000,10000,50000] \
+                     [--backends 10] [--rounds N] [--seed S] [--no-nft] [--no-rss]";
+
+fn parse_options() -> Result<Options, String> {
+    let mut o = Options {
+        sizes: vec![1_000, 10_000, 50_000],
+        backends: 10,
+        rounds: None,
+        seed: 0x006e_6174_6c62,
+        nft_reference: true,
+        rss: true,
+    };
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        let mut value = |name: &str| args.next().ok_or(format!("{name} needs a value\n{USAGE}"));
+        let number = |name: &str, v: &str| -> Result<usize, String> {
+            v.trim()
+                .replace('_', "")
+                .parse()
+                .map_err(|_| format!("{name}: {v:?} is not a number\n{USAGE}"))
+        };
+        match a.as_str() {
+            // cargo bench passes --bench to harness = false targets.
+            "--bench" => {}
+            "--sizes" => {
+                let v = value("--sizes")?;
+                o.sizes = v
+                    .split(',')
+                    .map(|s| number("--sizes", s))
+                    .collect::<Result<_, _>>()?;
+            }
+            "--backends" => o.backends = number("--backends", &value("--backends")?)?,
+            "--rounds" => o.rounds = Some(number("--rounds", &value("--rounds")?)?),
+            "--seed" => o.seed = number("--seed", &value("--seed")?)? as u64,
+            "--no-nft" => o.nft_reference = false,
+            "--no-rss" => o.rss = false,
+            "-h" | "--help" => return Err(USAGE.into()),
+            other => return Err(format!("unknown argument {other:?}\n{USAGE}")),
+        }
+    }
+    if o.sizes.is_empty() || o.sizes.contains(&0) {
+        return Err(format!("--sizes must list positive numbers\n{USAGE}"));
+    }
+    if !(1..=254).contains(&o.backends) {
+        return Err(format!("--backends must be 1..=254\n{USAGE}"));
+    }
+    Ok(o)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Cleanup: namespaces, temp dirs and child processes, removed by Drop guards and, on SIGINT /
+// SIGTERM / SIGHUP, by a watcher thread.
+// ---------------------------------------------------------------------------------------------
+
+static NAMESPACES: Mutex<Vec<String>> = Mutex::new(Vec::new());
+static DIRS: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
+static COUNTER: AtomicUsize = AtomicUsize::new(0);
+
+fn unique(prefix: &str) -> String {
+    format!(
+        "{prefix}{}-{}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+fn forget<T: PartialEq>(list: &Mutex<Vec<T>>, item: &T) {
+    let mut l = list.lock().unwrap_or_else(|e| e.into_inner());
+    l.retain(|x| x != item);
+}
+
+fn netns_pids(name: &str) -> Vec<i32> {
+    command("ip")
+        .args(["netns", "pids", name])
+        .stdin(Stdio::null())
+        .stderr(Stdio::null())
+        .output()
+        .map(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .split_whitespace()
+                .filter_map(|p| p.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Kills whatever runs in namespace `name` and deletes it.
+fn remove_netns(name: &str) {
+    let me = std::process::id() as i32;
+    for pid in netns_pids(name) {
+        if pid != me {
+            let _ = signal::kill(Pid::from_raw(pid), Signal::SIGKILL);
+        }
+    }
+    match command("ip")
+        .args(["netns", "del", name])
+        .stdin(Stdio::null())
+        .output()
+    {
+        Ok(o) if o.status.success() => {}
+        Ok(o) => eprintln!(
+            "bench: ip netns del {name}: {}",
+            String::from_utf8_lossy(&o.stderr).trim()
+        ),
+        Err(e) => eprintln!("bench: ip netns del {name}: {e}"),
+    }
+}
+
+/// A fresh named network namespace, deleted on Drop (with every process in it).
+struct Netns {
+    name: String,
+}
+
+impl Netns {
+    fn new(role: &str) -> Netns {
+        let name = unique(&format!("natlb-bench-{role}-"));
+        // Registered first: a signal between `add` and the push still finds it.
+        NAMESPACES
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(name.clone());
+        let out = command("ip")
+            .args(["netns", "add", &name])
+            .stdin(Stdio::null())
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run ip: {e}"));
+        if !out.status.success() {
+            forget(&NAMESPACES, &name);
+            panic!(
+                "ip netns add {name} failed: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        Netns { name }
+    }
+
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn path(&self) -> String {
+        format!("/run/netns/{}", self.name)
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        remove_netns(&self.name);
+        forget(&NAMESPACES, &self.name);
+    }
+}
+
+/// Runs `f` on a new thread that has entered namespace `ns`; processes it spawns start there.
+fn in_netns<R: Send>(ns: &Netns, f: impl FnOnce() -> R + Send) -> R {
+    let path = ns.path();
+    std::thread::scope(|s| {
+        let h = s.spawn(|| {
+            let file = File::open(&path).unwrap_or_else(|e| panic!("open {path}: {e}"));
+            setns(&file, CloneFlags::CLONE_NEWNET).unwrap_or_else(|e| panic!("setns {path}: {e}"));
+            f()
+        });
+        h.join().unwrap_or_else(|p| std::panic::resume_unwind(p))
+    })
+}
+
+/// A directory under the temp dir, removed on Drop.
+struct TempDir {
+    path: PathBuf,
+}
+
+impl TempDir {
+    fn new() -> TempDir {
+        let path = std::env::temp_dir().join(unique("natlb-bench-"));
+        DIRS.lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(path.clone());
+        std::fs::create_dir_all(&path).unwrap_or_else(|e| panic!("mkdir {path:?}: {e}"));
+        TempDir { path }
+    }
+
+    fn write(&self, name: &str, contents: &str) -> PathBuf {
+        let p = self.path.join(name);
+        std::fs::write(&p, contents).unwrap_or_else(|e| panic!("write {p:?}: {e}"));
+        p
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.path);
+        forget(&DIRS, &self.path);
+    }
+}
+
+/// A child process, killed (SIGKILL) and reaped on Drop unless it already exited.
+struct ChildGuard(Child);
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
+/// A command whose process starts with no blocked signals: the bench blocks SIGINT/SIGTERM/
+/// SIGHUP (see [`watch_signals`]) and a child would inherit that mask across exec.
+fn command(program: &str) -> Command {
+    let mut c = Command::new(program);
+    // SAFETY: the hook only calls pthread_sigmask, which is async-signal-safe, and allocates
+    // nothing.
+    unsafe {
+        c.pre_exec(|| {
+            SigSet::empty()
+                .thread_set_mask()
+                .map_err(std::io::Error::from)
+        });
+    }
+    c
+}
+
+/// Blocks SIGINT/SIGTERM/SIGHUP in every thread (call before spawning any) and has one thread
+/// wait for them: it removes what the bench created and exits. Children get an empty mask
+/// ([`command`]), so they still die of these signals.
+fn watch_signals() {
+    let mut set = SigSet::empty();
+    for s in [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP] {
+        set.add(s);
+    }
+    if let Err(e) = set.thread_block() {
+        eprintln!("bench: cannot block signals ({e}); an interrupt may leave namespaces behind");
+        return;
+    }
+    std::thread::spawn(move || {
+        let Ok(sig) = set.wait() else { return };
+        eprintln!("\nbench: {sig}: removing namespaces and temp files");
+        let names = NAMESPACES.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        for n in names {
+            remove_netns(&n);
+        }
+        let dirs = DIRS.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        for d in dirs {
+            let _ = std::fs::remove_dir_all(d);
+        }
+        std::process::exit(128 + sig as i32);
+    });
+}
+
+// ---------------------------------------------------------------------------------------------
+// Workload
+// ---------------------------------------------------------------------------------------------
+
+/// VIP of service `i`: 198.18.a.b (a < 256, b in 1..=200), port 80 and up beyond 51,200.
+fn vip_of(i: usize) -> SocketAddr {
+    let host = i % (256 * 200);
+    let addr = Ipv4Addr::new(198, 18, (host / 200) as u8, (host % 200 + 1) as u8);
+    SocketAddr::new(IpAddr::V4(addr), 80 + (i / (256 * 200)) as u16)
+}
+
+/// Backend `k` of service `i`: 198.19.(i mod 256).(k+1), port 8000 + (i / 256) mod 50,000.
+fn backend_of(i: usize, k: usize) -> SocketAddr {
+    let addr = Ipv4Addr::new(198, 19, (i % 256) as u8, (k + 1) as u8);
+    SocketAddr::new(IpAddr::V4(addr), 8000 + ((i / 256) % 50_000) as u16)
+}
+
+fn service_name(i: usize) -> String {
+    format!("svc{i}")
+}
+
+fn build_model(services: usize, backends: usize) -> Model {
+    Model {
+        daemon: Daemon {
+            table: TABLE.into(),
+            control_socket: "/run/natlb-bench/control.sock".into(),
+            state_dir: "/tmp/natlb-bench-state".into(),
+            metrics: None,
+            keep_rules_on_exit: true,
+        },
+        conntrack: Conntrack::default(),
+        sysctl: Default::default(),
+        services: (0..services)
+            .map(|i| {
+                let vip = vip_of(i);
+                Service {
+                    name: service_name(i),
+                    vip: Vip {
+                        addr: vip.ip(),
+                        protocol: Protocol::Tcp,
+                        port: vip.port(),
+                    },
+                    scheduler: Scheduler::Weighted,
+                    persistence: None,
+                    snat: Snat::Masquerade,
+                    on_all_down: OnAllDown::Reject,
+                    health: Health {
+                        kind: HealthKind::Tcp,
+                        interval: Duration::from_secs(2),
+                        timeout: Duration::from_secs(2),
+                        rise: 2,
+                        fall: 3,
+                    },
+                    backends: (0..backends)
+                        .map(|k| Backend {
+                            address: backend_of(i, k),
+                            weight: 1,
+                            backup: false,
+                        })
+                        .collect(),
+                }
+            })
+            .collect(),
+        egress: vec![],
+    }
+}
+
+/// The same services as a config file for `natlb run`.
+fn config_toml(services: usize, backends: usize, dir: &Path) -> String {
+    let mut out = String::with_capacity(services * (150 + backends * 60));
+    let _ = write!(
+        out,
+        "# natlb commit benchmark: {services} services x {backends} backends\n\
+         [daemon]\ntable = \"{TABLE}\"\ncontrol_socket = \"{}\"\nstate_dir = \"{}\"\n\
+         keep_rules_on_exit = true\n",
+        dir.join("control.sock").display(),
+        dir.join("state").display()
+    );
+    for i in 0..services {
+        let _ = write!(
+            out,
+            "\n[[service]]\nname = \"{}\"\nlisten = \"{}\"\nprotocol = \"tcp\"\n\
+             scheduler = \"weighted\"\nsnat = \"masquerade\"\n",
+            service_name(i),
+            vip_of(i)
+        );
+        for k in 0..backends {
+            let _ = write!(
+                out,
+                "[[service.backend]]\naddress = \"{}\"\nweight = 1\n",
+                backend_of(i, k)
+            );
+        }
+    }
+    out
+}
+
+/// splitmix64: a small deterministic generator (the crate has no rand dependency).
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Measurements
+// ---------------------------------------------------------------------------------------------
+
+/// Waits (up to 20 s) until the CPUs are mostly idle, e.g. after a namespace with a large table
+/// was deleted (the kernel frees it on a worker). Returns false if the machine stayed busy.
+fn settle() -> bool {
+    fn sample() -> Option<(u64, u64)> {
+        let stat = std::fs::read_to_string("/proc/stat").ok()?;
+        let line = stat.lines().next()?;
+        let v: Vec<u64> = line
+            .split_whitespace()
+            .skip(1)
+            .filter_map(|x| x.parse().ok())
+            .collect();
+        let idle = v.get(3)? + v.get(4).copied().unwrap_or(0);
+        Some((idle, v.iter().sum()))
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline {
+        let Some((i0, t0)) = sample() else {
+            return false;
+        };
+        std::thread::sleep(Duration::from_millis(300));
+        let Some((i1, t1)) = sample() else {
+            return false;
+        };
+        if t1 > t0 && (i1 - i0) as f64 / (t1 - t0) as f64 >= 0.85 {
+            return true;
+        }
+    }
+    false
+}
+
+fn settle_or_note(what: &str, notes: &mut Vec<String>) {
+    if !settle() {
+        let note = format!("the machine was busy before {what} (CPUs < 85 % idle for 20 s)");
+        eprintln!("bench: note: {note}");
+        notes.push(note);
+    }
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+/// Median and p99 (nearest rank) of `v`, in ms.
+fn median_p99(v: &[Duration]) -> (f64, f64) {
+    if v.is_empty() {
+        return (f64::NAN, f64::NAN);
+    }
+    let mut s = v.to_vec();
+    s.sort();
+    let rank = |q: f64| ((q * s.len() as f64).ceil() as usize).clamp(1, s.len()) - 1;
+    let median = if s.len() % 2 == 1 {
+        ms(s[s.len() / 2])
+    } else {
+        (ms(s[s.len() / 2 - 1]) + ms(s[s.len() / 2])) / 2.0
+    };
+    (median, ms(s[rank(0.99)]))
+}
+
+#[derive(Default)]
+struct Changes {
+    /// Kernel commit (send to last answer).
+    kernel: Vec<Duration>,
+    /// Render of the whole model + diff against the installed ruleset.
+    render_diff: Vec<Duration>,
+    /// Building the batch.
+    encode: Vec<Duration>,
+    /// render + diff + encode + kernel.
+    total: Vec<Duration>,
+    /// Elements removed + added per change.
+    elements: Vec<usize>,
+    bytes: Vec<usize>,
+}
+
+impl Changes {
+    fn record(&mut self, render_diff: Duration, stats: &CommitStats, elements: usize) {
+        self.kernel.push(stats.kernel);
+        self.render_diff.push(render_diff);
+        self.encode.push(stats.encode);
+        self.total.push(render_diff + stats.encode + stats.kernel);
+        self.elements.push(elements);
+        self.bytes.push(stats.bytes);
+    }
+}
+
+struct Cold {
+    elements: usize,
+    render: Duration,
+    stats: CommitStats,
+    /// render + encode + kernel.
+    total: Duration,
+}
+
+struct DaemonRss {
+    rss_kb: u64,
+    hwm_kb: u64,
+    /// From spawn to "natlb is running".
+    start: Duration,
+    /// The daemon's own report of its cold commit, if it logged one.
+    kernel_ms: Option<f64>,
+}
+
+struct SizeResult {
+    services: usize,
+    backends: usize,
+    rounds: usize,
+    cold: Cold,
+    nft_f: Option<Result<Duration, String>>,
+    withdraw: Changes,
+    restore: Changes,
+    config_parse: Option<Result<Duration, String>>,
+    daemon: Option<Result<DaemonRss, String>>,
+}
+
+/// Renders `model` with `is_up` and commits the difference from `current`; returns the new
+/// installed ruleset.
+fn change(
+    nft: &mut Nft,
+    model: &Model,
+    current: Ruleset,
+    is_up: impl Fn(&Service, &Backend) -> bool,
+    out: &mut Changes,
+) -> Ruleset {
+    let started = Instant::now();
+    let desired = render(model, is_up);
+    let plan = reconcile::plan(&current, &desired);
+    let render_diff = started.elapsed();
+    let elements = match &plan {
+        Plan::Deltas(d) => d.iter().map(|d| d.remove.len() + d.add.len()).sum(),
+        other => panic!("a backend change should be element deltas, the plan is {other:?}"),
+    };
+    let stats = nft
+        .apply(&plan.changes(&desired, None))
+        .unwrap_or_else(|e| panic!("committing a backend change failed: {e}"));
+    out.record(render_diff, &stats, elements);
+    drop(current);
+    desired
+}
+
+/// Loads `script` with `nft -f` into `ns`: wall time of the nft process.
+fn nft_f(ns: &Netns, script: &Path) -> Result<Duration, String> {
+    in_netns(ns, || {
+        let started = Instant::now();
+        let out = command("nft")
+            .arg("-f")
+            .arg(script)
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|e| format!("cannot run nft: {e}"))?;
+        let took = started.elapsed();
+        if out.status.success() {
+            Ok(took)
+        } else {
+            let err = String::from_utf8_lossy(&out.stderr);
+            Err(format!(
+                "nft -f failed ({}): {}",
+                out.status,
+                err.lines().take(5).collect::<Vec<_>>().join(" | ")
+            ))
+        }
+    })
+}
+
+fn proc_status_kb(pid: u32, key: &str) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(key))
+        .and_then(|rest| rest.trim_start_matches(':').split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+}
+
+/// Starts `natlb run -c CONFIG` in `ns`, waits for "natlb is running", reads its memory, stops it.
+fn daemon_rss(ns: &Netns, config: &Path) -> Result<DaemonRss, String> {
+    let bin = env!("CARGO_BIN_EXE_natlb");
+    let started = Instant::now();
+    // `ip netns exec` execs the command: the child's pid is natlb's.
+    let child = command("ip")
+        .args(["netns", "exec", ns.name(), bin, "run", "-c"])
+        .arg(config)
+        .env("NATLB_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("cannot start {bin}: {e}"))?;
+    let mut child = ChildGuard(child);
+    let pid = child.0.id();
+    let stderr = child.0.stderr.take().expect("piped");
+    let (tx, rx) = mpsc::channel::<String>();
+    // Drains stderr until the daemon exits, so it never blocks on a full pipe.
+    let reader = std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let mut log = Vec::new();
+    let mut kernel_ms = None;
+    let deadline = Instant::now() + DAEMON_START_TIMEOUT;
+    let result = loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(line) => {
+                if let Some(v) = line.split("kernel_ms=").nth(1) {
+                    kernel_ms = v.split_whitespace().next().and_then(|x| x.parse().ok());
+                }
+                let running = line.contains("natlb is running");
+                log.push(line);
+                if running {
+                    let start = started.elapsed();
+                    let comm =
+                        std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+                    if comm.trim() != "natlb" {
+                        break Err(format!("pid {pid} is {:?}, not natlb", comm.trim()));
+                    }
+                    match (proc_status_kb(pid, "VmRSS"), proc_status_kb(pid, "VmHWM")) {
+                        (Some(rss_kb), Some(hwm_kb)) => {
+                            break Ok(DaemonRss {
+                                rss_kb,
+                                hwm_kb,
+                                start,
+                                kernel_ms,
+                            });
+                        }
+                        _ => break Err(format!("cannot read /proc/{pid}/status")),
+                    }
+                }
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                break Err(format!(
+                    "no \"natlb is running\" within {DAEMON_START_TIMEOUT:?}"
+                ));
+            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => {
+                let status = child.0.wait().map(|s| s.to_string()).unwrap_or_default();
+                break Err(format!("natlb exited ({status}) before running"));
+            }
+        }
+    };
+    // Stop it the way an operator would, then make sure.
+    let _ = signal::kill(Pid::from_raw(pid as i32), Signal::SIGTERM);
+    let stop_deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < stop_deadline {
+        if let Ok(Some(_)) = child.0.try_wait() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    drop(child);
+    let _ = reader.join();
+    result.map_err(|e| {
+        let tail: Vec<&String> = log.iter().rev().take(5).collect();
+        let tail: Vec<&str> = tail.into_iter().rev().map(String::as_str).collect();
+        format!("{e}; last log lines: {}", tail.join(" | "))
+    })
+}
+
+fn run_size(o: &Options, services: usize, rng: &mut Rng, notes: &mut Vec<String>) -> SizeResult {
+    let backends = o.backends;
+    let rounds = o
+        .rounds
+        .unwrap_or(if services <= 10_000 { 200 } else { 100 });
+    let label = format!("{services} x {backends}");
+    eprintln!("bench: {label}: building the model");
+    let model = build_model(services, backends);
+    let dir = TempDir::new();
+
+    // 1. Cold install through netlink, in a fresh namespace.
+    let ns = Netns::new("natlb");
+    settle_or_note(&format!("the cold install at {label}"), notes);
+    eprintln!("bench: {label}: cold install (netlink)");
+    let mut result = in_netns(&ns, || {
+        let started = Instant::now();
+        let rs = render(&model, |_, _| true);
+        let render_t = started.elapsed();
+        let mut nft = Nft::open().unwrap_or_else(|e| panic!("{e}"));
+        let stats = nft
+            .apply(&[Change::DropTable(&rs.table), Change::CreateTable(&rs)])
+            .unwrap_or_else(|e| panic!("cold install of {label} failed: {e}"));
+        let total = started.elapsed();
+        let cold = Cold {
+            elements: rs.element_count(),
+            render: render_t,
+            stats,
+            total,
+        };
+        eprintln!(
+            "bench: {label}: cold install {:.0} ms (render {:.0}, encode {:.0}, kernel {:.0}), \
+             {} elements, {} messages, {} bytes",
+            ms(total),
+            ms(render_t),
+            ms(stats.encode),
+            ms(stats.kernel),
+            cold.elements,
+            stats.messages,
+            stats.bytes
+        );
+
+        // The kernel holds what was sent (read back, untimed).
+        match nft.read_installed(&rs) {
+            Ok(Installed::Ours(installed)) => {
+                assert!(
+                    installed == rs,
+                    "the installed table differs from the render"
+                )
+            }
+            Ok(other) => panic!("the installed table is not natlb's: {other:?}"),
+            Err(e) => panic!("reading the table back failed: {e}"),
+        }
+
+        // 2. The same render through `nft -f`, in another fresh namespace.
+        let nft_f_t = o.nft_reference.then(|| {
+            let script = dir.write("natlb.nft", &to_script(&rs));
+            let ns2 = Netns::new("nftf");
+            settle_or_note(&format!("nft -f at {label}"), notes);
+            eprintln!("bench: {label}: nft -f of the same render");
+            let r = nft_f(&ns2, &script);
+            match &r {
+                Ok(t) => eprintln!("bench: {label}: nft -f {:.0} ms", ms(*t)),
+                Err(e) => eprintln!("bench: {label}: {e}"),
+            }
+            let _ = std::fs::remove_file(&script);
+            r
+        });
+        // ns2 is gone: let the kernel free its table before timing small commits.
+        settle_or_note(&format!("the withdraw rounds at {label}"), notes);
+
+        // 3. Withdraw one backend, restore it; `rounds` times.
+        eprintln!("bench: {label}: {rounds} withdraw/restore rounds");
+        let mut withdraw = Changes::default();
+        let mut restore = Changes::default();
+        let mut current = rs;
+        let progress = Instant::now();
+        for r in 0..rounds {
+            let svc = &model.services[rng.below(services)];
+            let be = &svc.backends[rng.below(backends)];
+            let down = |s: &Service, b: &Backend| !(std::ptr::eq(s, svc) && std::ptr::eq(b, be));
+            current = change(&mut nft, &model, current, down, &mut withdraw);
+            current = change(&mut nft, &model, current, |_, _| true, &mut restore);
+            if progress.elapsed() > Duration::from_secs(20) && (r + 1) % 25 == 0 {
+                eprintln!("bench: {label}: {} rounds done", r + 1);
+            }
+        }
+        SizeResult {
+            services,
+            backends,
+            rounds,
+            cold,
+            nft_f: nft_f_t,
+            withdraw,
+            restore,
+            config_parse: None,
+            daemon: None,
+        }
+    });
+    drop(ns);
+
+    // 4. The daemon on the same services, from a config file.
+    if o.rss {
+        let text = config_toml(services, backends, &dir.path);
+        let config = dir.write("natlb.toml", &text);
+        // The config describes the same table as the in-process model (untimed check).
+        let started = Instant::now();
+        result.config_parse = Some(match natlb::config::parse("natlb.toml", &text) {
+            Ok(parsed) => {
+                let took = started.elapsed();
+                if render(&parsed, |_, _| true) == render(&model, |_, _| true) {
+                    Ok(took)
+                } else {
+                    Err("the config renders another table than the model".into())
+                }
+            }
+            Err(e) => Err(format!("config rejected: {e}")),
+        });
+        drop(text);
+        if let Some(Err(e)) = &result.config_parse {
+            eprintln!("bench: {label}: {e}");
+        }
+        let ns3 = Netns::new("daemon");
+        settle_or_note(&format!("the daemon at {label}"), notes);
+        eprintln!("bench: {label}: natlb run");
+        let r = daemon_rss(&ns3, &config);
+        match &r {
+            Ok(d) => eprintln!(
+                "bench: {label}: daemon running after {:.0} ms, RSS {} kB, peak {} kB",
+                ms(d.start),
+                d.rss_kb,
+                d.hwm_kb
+            ),
+            Err(e) => eprintln!("bench: {label}: daemon: {e}"),
+        }
+        result.daemon = Some(r);
+    }
+    result
+}
+
+// ---------------------------------------------------------------------------------------------
+// Report
+// ---------------------------------------------------------------------------------------------
+
+fn fmt_ms(v: f64) -> String {
+    if v.is_nan() {
+        "n/a".into()
+    } else if v >= 1000.0 {
+        format!("{:.2} s", v / 1e3)
+    } else if v >= 10.0 {
+        format!("{v:.0} ms")
+    } else {
+        format!("{v:.2} ms")
+    }
+}
+
+fn mb(kb: u64) -> String {
+    format!("{:.0} MB", kb as f64 / 1024.0)
+}
+
+fn size_label(n: usize) -> String {
+    if n >= 1000 && n.is_multiple_of(1000) {
+        format!("{}k", n / 1000)
+    } else {
+        n.to_string()
+    }
+}
+
+fn report(results: &[SizeResult], notes: &[String]) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "| services × backends | elements | cold install natlb (kernel) | nft -f same render \
+         | ratio | withdraw median | p99 | restore median | RSS | peak RSS |"
+    );
+    let _ = writeln!(out, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    for r in results {
+        let cold = format!(
+            "{} ({})",
+            fmt_ms(ms(r.cold.total)),
+            fmt_ms(ms(r.cold.stats.kernel))
+        );
+        let (nft_f, ratio) = match &r.nft_f {
+            Some(Ok(t)) => (
+                fmt_ms(ms(*t)),
+                format!("{:.2}", r.cold.total.as_secs_f64() / t.as_secs_f64()),
+            ),
+            Some(Err(_)) => ("failed".into(), "n/a".into()),
+            None => ("skipped".into(), "n/a".into()),
+        };
+        let (wm, wp) = median_p99(&r.withdraw.kernel);
+        let (rm, _) = median_p99(&r.restore.kernel);
+        let (rss, hwm) = match &r.daemon {
+            Some(Ok(d)) => (mb(d.rss_kb), mb(d.hwm_kb)),
+            Some(Err(_)) => ("failed".into(), "failed".into()),
+            None => ("skipped".into(), "skipped".into()),
+        };
+        let _ = writeln!(
+            out,
+            "| {} × {} | {} | {cold} | {nft_f} | {ratio} | {} | {} | {} | {rss} | {hwm} |",
+            size_label(r.services),
+            r.backends,
+            r.cold.elements,
+            fmt_ms(wm),
+            fmt_ms(wp),
+            fmt_ms(rm),
+        );
+    }
+
+    let _ = writeln!(
+        out,
+        "\nCold install = render + encode + kernel commit, wall time; (kernel) = the commit alone. \
+         ratio = natlb cold / nft -f. withdraw / restore = kernel commit of one backend's \
+         element deltas.\n"
+    );
+    let _ = writeln!(
+        out,
+        "| services × backends | cold: render / encode | cold batch | rounds | elements per \
+         change | render+diff median | encode median | withdraw total median | withdraw p99 \
+         total | config parse | daemon start → running | daemon cold commit (kernel) |"
+    );
+    let _ = writeln!(
+        out,
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+    );
+    for r in results {
+        let mut per_change = r.withdraw.elements.clone();
+        per_change.sort_unstable();
+        let elements = per_change
+            .get(per_change.len() / 2)
+            .map_or("n/a".into(), |e| e.to_string());
+        let (rd, _) = median_p99(&r.withdraw.render_diff);
+        let (enc, _) = median_p99(&r.withdraw.encode);
+        let (tot, totp) = median_p99(&r.withdraw.total);
+        let parse = match &r.config_parse {
+            Some(Ok(t)) => fmt_ms(ms(*t)),
+            Some(Err(_)) => "failed".into(),
+            None => "skipped".into(),
+        };
+        let (start, dk) = match &r.daemon {
+            Some(Ok(d)) => (
+                fmt_ms(ms(d.start)),
+                d.kernel_ms.map_or("n/a".into(), fmt_ms),
+            ),
+            Some(Err(_)) => ("failed".into(), "failed".into()),
+            None => ("skipped".into(), "skipped".into()),
+        };
+        let _ = writeln!(
+            out,
+            "| {} × {} | {} / {} | {:.1} MB in {} messages | {} | {elements} | {} | {} | {} | {} \
+             | {parse} | {start} | {dk} |",
+            size_label(r.services),
+            r.backends,
+            fmt_ms(ms(r.cold.render)),
+            fmt_ms(ms(r.cold.stats.encode)),
+            r.cold.stats.bytes as f64 / 1e6,
+            r.cold.stats.messages,
+            r.rounds,
+            fmt_ms(rd),
+            fmt_ms(enc),
+            fmt_ms(tot),
+            fmt_ms(totp),
+        );
+    }
+
+    if results.len() >= 2 {
+        let small = results
+            .iter()
+            .min_by_key(|r| r.services)
+            .expect("non-empty");
+        let large = results
+            .iter()
+            .max_by_key(|r| r.services)
+            .expect("non-empty");
+        let (ms_small, _) = median_p99(&small.withdraw.kernel);
+        let (ms_large, _) = median_p99(&large.withdraw.kernel);
+        let _ = writeln!(
+            out,
+            "\nwithdraw median ratio {}/{}: {:.2} ({} / {})",
+            size_label(large.services),
+            size_label(small.services),
+            ms_large / ms_small,
+            fmt_ms(ms_large),
+            fmt_ms(ms_small)
+        );
+    }
+
+    let _ = writeln!(
+        out,
+        "\nTargets (from the issue; for reference, not asserted):\n\
+         - one change (withdraw) kernel commit ≤ 1 ms median at 50k services\n\
+         - withdraw median 50k / 1k ≤ 1.5\n\
+         - cold install of 10k × 10 ≤ 3 s, and below `nft -f` of the same render"
+    );
+
+    let failures: Vec<String> = results
+        .iter()
+        .flat_map(|r| {
+            let l = format!("{} × {}", size_label(r.services), r.backends);
+            let mut f = Vec::new();
+            if let Some(Err(e)) = &r.nft_f {
+                f.push(format!("{l}: nft -f: {e}"));
+            }
+            if let Some(Err(e)) = &r.config_parse {
+                f.push(format!("{l}: config: {e}"));
+            }
+            if let Some(Err(e)) = &r.daemon {
+                f.push(format!("{l}: daemon: {e}"));
+            }
+            f
+        })
+        .collect();
+    if !failures.is_empty() || !notes.is_empty() {
+        let _ = writeln!(out, "\nNotes:");
+        for n in failures.iter().chain(notes) {
+            let _ = writeln!(out, "- {n}");
+        }
+    }
+    out
+}
+
+fn main() -> ExitCode {
+    let o = match parse_options() {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::from(2);
+        }
+    };
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("the commit benchmark needs root (network namespaces, nf_tables)");
+        return ExitCode::FAILURE;
+    }
+    watch_signals();
+    let mut notes = Vec::new();
+    if let Ok(load) = std::fs::read_to_string("/proc/loadavg") {
+        eprintln!("bench: load average at start: {}", load.trim());
+    }
+
+    // Warm-up: loads the nf_tables modules both paths need, so no size pays for that.
+    {
+        let model = build_model(1, o.backends);
+        let rs = render(&model, |_, _| true);
+        let ns = Netns::new("warm");
+        in_netns(&ns, || {
+            Nft::open()
+                .and_then(|mut n| n.apply(&[Change::DropTable(TABLE), Change::CreateTable(&rs)]))
+                .unwrap_or_else(|e| panic!("warm-up install failed: {e}"));
+        });
+        if o.nft_reference {
+            let dir = TempDir::new();
+            let script = dir.write("warm.nft", &to_script(&rs));
+            let ns2 = Netns::new("warm");
+            if let Err(e) = nft_f(&ns2, &script) {
+                eprintln!("bench: warm-up: {e}");
+            }
+        }
+    }
+
+    let mut rng = Rng(o.seed);
+    let started = Instant::now();
+    let mut results = Vec::new();
+    for &n in &o.sizes {
+        results.push(run_size(&o, n, &mut rng, &mut notes));
+    }
+    eprintln!("bench: done in {:.0} s", started.elapsed().as_secs_f64());
+    print!("{}", report(&results, &notes));
+    ExitCode::SUCCESS
+}
