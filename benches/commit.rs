@@ -40,7 +40,7 @@ use natlb::model::{
 use natlb::nft::{Change, CommitStats, Installed, Nft};
 use natlb::reconcile::{self, Plan};
 use natlb::render::ruleset::Ruleset;
-use natlb::render::{render, script::to_script};
+use natlb::render::{render, script::to_script, service_elements};
 
 const TABLE: &str = "natlb";
 /// How long the daemon may take to say "natlb is running".
@@ -489,7 +489,7 @@ fn median_p99(v: &[Duration]) -> (f64, f64) {
 struct Changes {
     /// Kernel commit (send to last answer).
     kernel: Vec<Duration>,
-    /// Render of the whole model + diff against the installed ruleset.
+    /// Render of the changed service before and after + diff.
     render_diff: Vec<Duration>,
     /// Building the batch.
     encode: Vec<Duration>,
@@ -536,33 +536,37 @@ struct SizeResult {
     nft_f: Option<Result<Duration, String>>,
     withdraw: Changes,
     restore: Changes,
+    /// Full render + diff of an unchanged model: what a SIGHUP reload costs in user space.
+    reload_render_diff: Duration,
     config_parse: Option<Result<Duration, String>>,
     daemon: Option<Result<DaemonRss, String>>,
 }
 
-/// Renders `model` with `is_up` and commits the difference from `current`; returns the new
-/// installed ruleset.
+/// Commits the change of one service's backends from `before` to `after` health, the way a
+/// health change does: render that service twice, diff, one batch; then patches `current`.
 fn change(
     nft: &mut Nft,
-    model: &Model,
-    current: Ruleset,
-    is_up: impl Fn(&Service, &Backend) -> bool,
+    current: &mut Ruleset,
+    svc: &Service,
+    before: impl Fn(&Service, &Backend) -> bool,
+    after: impl Fn(&Service, &Backend) -> bool,
     out: &mut Changes,
-) -> Ruleset {
+) {
     let started = Instant::now();
-    let desired = render(model, is_up);
-    let plan = reconcile::plan(&current, &desired);
+    let deltas = reconcile::diff_elements(
+        &service_elements(svc, before),
+        &service_elements(svc, after),
+    );
     let render_diff = started.elapsed();
-    let elements = match &plan {
-        Plan::Deltas(d) => d.iter().map(|d| d.remove.len() + d.add.len()).sum(),
-        other => panic!("a backend change should be element deltas, the plan is {other:?}"),
-    };
+    let elements = deltas.iter().map(|d| d.remove.len() + d.add.len()).sum();
     let stats = nft
-        .apply(&plan.changes(&desired, None))
+        .apply(&[Change::Elements {
+            table: &current.table,
+            deltas: &deltas,
+        }])
         .unwrap_or_else(|e| panic!("committing a backend change failed: {e}"));
     out.record(render_diff, &stats, elements);
-    drop(current);
-    desired
+    reconcile::apply_deltas(current, &deltas);
 }
 
 /// Loads `script` with `nft -f` into `ns`: wall time of the nft process.
@@ -763,12 +767,34 @@ fn run_size(o: &Options, services: usize, rng: &mut Rng, notes: &mut Vec<String>
             let svc = &model.services[rng.below(services)];
             let be = &svc.backends[rng.below(backends)];
             let down = |s: &Service, b: &Backend| !(std::ptr::eq(s, svc) && std::ptr::eq(b, be));
-            current = change(&mut nft, &model, current, down, &mut withdraw);
-            current = change(&mut nft, &model, current, |_, _| true, &mut restore);
+            change(
+                &mut nft,
+                &mut current,
+                svc,
+                |_, _| true,
+                down,
+                &mut withdraw,
+            );
+            change(&mut nft, &mut current, svc, down, |_, _| true, &mut restore);
             if progress.elapsed() > Duration::from_secs(20) && (r + 1) % 25 == 0 {
                 eprintln!("bench: {label}: {} rounds done", r + 1);
             }
         }
+        // Outside the timings: the patched record is the full render, and the kernel agrees.
+        let full = render(&model, |_, _| true);
+        assert!(
+            current == full,
+            "patched ruleset differs from the full render"
+        );
+        match nft.read_installed(&full) {
+            Ok(Installed::Ours(k)) => assert!(k == full, "kernel table differs from the render"),
+            other => panic!("reading the table back after the rounds: {other:?}"),
+        }
+        // The reload path (SIGHUP) renders and diffs the whole model: timed once.
+        let started = Instant::now();
+        let plan = reconcile::plan(&current, &render(&model, |_, _| true));
+        let reload_render_diff = started.elapsed();
+        assert_eq!(plan, Plan::Nothing);
         SizeResult {
             services,
             backends,
@@ -777,6 +803,7 @@ fn run_size(o: &Options, services: usize, rng: &mut Rng, notes: &mut Vec<String>
             nft_f: nft_f_t,
             withdraw,
             restore,
+            reload_render_diff,
             config_parse: None,
             daemon: None,
         }
@@ -900,12 +927,12 @@ fn report(results: &[SizeResult], notes: &[String]) -> String {
     let _ = writeln!(
         out,
         "| services × backends | cold: render / encode | cold batch | rounds | elements per \
-         change | render+diff median | encode median | withdraw total median | withdraw p99 \
-         total | config parse | daemon start → running | daemon cold commit (kernel) |"
+         change | one-service render+diff median | encode median | withdraw total median | withdraw p99 \
+         total | full render+diff (reload) | config parse | daemon start → running | daemon cold commit (kernel) |"
     );
     let _ = writeln!(
         out,
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
     );
     for r in results {
         let mut per_change = r.withdraw.elements.clone();
@@ -932,7 +959,7 @@ fn report(results: &[SizeResult], notes: &[String]) -> String {
         let _ = writeln!(
             out,
             "| {} × {} | {} / {} | {:.1} MB in {} messages | {} | {elements} | {} | {} | {} | {} \
-             | {parse} | {start} | {dk} |",
+             | {} | {parse} | {start} | {dk} |",
             size_label(r.services),
             r.backends,
             fmt_ms(ms(r.cold.render)),
@@ -944,6 +971,7 @@ fn report(results: &[SizeResult], notes: &[String]) -> String {
             fmt_ms(enc),
             fmt_ms(tot),
             fmt_ms(totp),
+            fmt_ms(ms(r.reload_render_diff)),
         );
     }
 

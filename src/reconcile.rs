@@ -2,7 +2,9 @@
 //! sends what this returns.
 
 use crate::nft::{Change, Installed, SetDelta};
-use crate::render::ruleset::Ruleset;
+use std::collections::BTreeSet;
+
+use crate::render::ruleset::{Elements, Ruleset};
 
 /// How to get from what is installed to what is desired.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -77,16 +79,24 @@ pub fn plan(current: &Ruleset, desired: &Ruleset) -> Plan {
     }
 }
 
-/// Element deltas per set. A changed element (same key, new value or comment) is removed and
-/// added again: the kernel refuses to overwrite an element's value in place.
+/// Element deltas per set between two rulesets of the same layout.
 pub fn diff(current: &Ruleset, desired: &Ruleset) -> Vec<SetDelta> {
+    diff_elements(&current.elements, &desired.elements)
+}
+
+/// Element deltas per set between two element collections: whole tables, or the elements of
+/// one service before and after a change ([`crate::render::service_elements`]). A changed
+/// element (same key, new value or comment) is removed and added again: the kernel refuses to
+/// overwrite an element's value in place.
+pub fn diff_elements(current: &Elements, desired: &Elements) -> Vec<SetDelta> {
     let empty = Default::default();
+    let sets: BTreeSet<&String> = current.keys().chain(desired.keys()).collect();
     let mut out = Vec::new();
-    for spec in &desired.sets {
-        let cur = current.elements.get(&spec.name).unwrap_or(&empty);
-        let want = desired.elements.get(&spec.name).unwrap_or(&empty);
+    for set in sets {
+        let cur = current.get(set).unwrap_or(&empty);
+        let want = desired.get(set).unwrap_or(&empty);
         let mut d = SetDelta {
-            set: spec.name.clone(),
+            set: set.clone(),
             ..Default::default()
         };
         for (key, entry) in cur {
@@ -109,6 +119,19 @@ pub fn diff(current: &Ruleset, desired: &Ruleset) -> Vec<SetDelta> {
         }
     }
     out
+}
+
+/// Updates natlb's record of the installed table after a committed batch of deltas.
+pub fn apply_deltas(rs: &mut Ruleset, deltas: &[SetDelta]) {
+    for d in deltas {
+        let set = rs.elements.entry(d.set.clone()).or_default();
+        for key in &d.remove {
+            set.remove(key);
+        }
+        for (key, entry) in &d.add {
+            set.insert(key.clone(), entry.clone());
+        }
+    }
 }
 
 #[cfg(test)]
@@ -162,6 +185,35 @@ mod tests {
         assert_eq!(d[0].set, "slots4");
         assert_eq!(d[0].remove, vec![vec![Value::Int(2)]]);
         assert_eq!(d[0].add.len(), 2);
+    }
+
+    #[test]
+    fn one_service_diff_patches_the_whole_table() {
+        use crate::render::{render, service_elements};
+        let model = crate::config::parse(
+            "t.toml",
+            "[[service]]\nname = \"a\"\nlisten = \"203.0.113.1:80\"\n\
+             [[service.backend]]\naddress = \"192.0.2.1\"\n[[service.backend]]\naddress = \"192.0.2.2\"\n\
+             [[service.backend]]\naddress = \"192.0.2.3\"\n\
+             [[service]]\nname = \"b\"\nlisten = \"203.0.113.2:80\"\n\
+             [[service.backend]]\naddress = \"192.0.2.1\"\n",
+        )
+        .unwrap();
+        let all_up = render(&model, |_, _| true);
+        let down = |_: &crate::model::Service, b: &crate::model::Backend| {
+            b.address.ip() != "192.0.2.2".parse::<std::net::IpAddr>().unwrap()
+        };
+        let svc = &model.services[0];
+        let deltas = diff_elements(
+            &service_elements(svc, |_, _| true),
+            &service_elements(svc, down),
+        );
+        let mut patched = all_up.clone();
+        apply_deltas(&mut patched, &deltas);
+        // Patching with one service's delta gives exactly the full render, and the delta
+        // equals the full diff.
+        assert_eq!(patched, render(&model, down));
+        assert_eq!(deltas, diff(&all_up, &render(&model, down)));
     }
 
     #[test]

@@ -19,7 +19,7 @@ pub fn render(model: &Model, is_up: impl Fn(&Service, &Backend) -> bool) -> Rule
         .map(|s| (s.name, BTreeMap::new()))
         .collect();
     for service in &model.services {
-        service_elements(service, &is_up, &mut elements);
+        add_service_elements(service, &is_up, &mut elements);
     }
     Ruleset {
         table: model.daemon.table.clone(),
@@ -53,7 +53,19 @@ pub fn active_backends(
     }
 }
 
-fn service_elements(
+/// The elements one service contributes, by set. Services never share a key (their VIPs are
+/// unique), so a change to one service is the difference between two of these: O(service),
+/// whatever the number of services.
+pub fn service_elements(
+    service: &Service,
+    is_up: impl Fn(&Service, &Backend) -> bool,
+) -> ruleset::Elements {
+    let mut out = ruleset::Elements::new();
+    add_service_elements(service, &is_up, &mut out);
+    out
+}
+
+fn add_service_elements(
     service: &Service,
     is_up: &impl Fn(&Service, &Backend) -> bool,
     elements: &mut ruleset::Elements,
@@ -67,8 +79,8 @@ fn service_elements(
     ];
     let mut put = |set: String, key: Vec<Value>, data: Vec<Value>, comment: String| {
         elements
-            .get_mut(&set)
-            .expect("render only names sets of the layout")
+            .entry(set)
+            .or_default()
             .insert(key, Entry { data, comment });
     };
 
