@@ -14,8 +14,9 @@ pub struct Batch {
     /// Scratch space for one message, as `u32`s so that headers are aligned.
     scratch: Vec<u32>,
     next_seq: u32,
-    /// What natlb was doing with each message, by sequence number.
-    purposes: Vec<(u32, String)>,
+    first_seq: u32,
+    /// What natlb was doing with each message: message `i` has sequence number `first_seq + i`.
+    purposes: Vec<String>,
     messages: usize,
 }
 
@@ -25,6 +26,7 @@ impl Batch {
             buf: Vec::new(),
             scratch: vec![0; (nftnl::nft_nlmsg_maxsize() as usize).div_ceil(4)],
             next_seq: first_seq,
+            first_seq,
             purposes: Vec::new(),
             messages: 0,
         };
@@ -33,6 +35,7 @@ impl Batch {
         b.copy_out(|buf| unsafe {
             sys::nftnl_batch_begin(buf.cast::<c_char>(), seq);
         });
+        b.purposes.push("starting the transaction".into());
         b
     }
 
@@ -58,7 +61,7 @@ impl Batch {
         let seq = self.take_seq();
         // SAFETY: scratch has room for nft_nlmsg_maxsize bytes, as NlMsg::write requires.
         self.copy_out(|buf| unsafe { msg.write(buf, seq, ty) });
-        self.purposes.push((seq, purpose.into()));
+        self.purposes.push(purpose.into());
         self.messages += 1;
     }
 
@@ -72,9 +75,8 @@ impl Batch {
 
     pub fn purpose(&self, seq: u32) -> Option<&str> {
         self.purposes
-            .binary_search_by_key(&seq, |(s, _)| *s)
-            .ok()
-            .map(|i| self.purposes[i].1.as_str())
+            .get(seq.wrapping_sub(self.first_seq) as usize)
+            .map(String::as_str)
     }
 
     /// Closes the batch: the bytes to send, and the next free sequence number.
@@ -84,6 +86,7 @@ impl Batch {
         self.copy_out(|buf| unsafe {
             sys::nftnl_batch_end(buf.cast::<c_char>(), seq);
         });
+        self.purposes.push("committing the transaction".into());
         FinishedBatch { batch: self }
     }
 }
@@ -107,5 +110,45 @@ impl FinishedBatch {
 
     pub fn messages(&self) -> usize {
         self.batch.messages()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::nft::encode::TableMsg;
+
+    #[test]
+    fn messages_are_framed_and_named_by_sequence_number() {
+        // Start just below the wrap of the sequence space: purposes must still be found.
+        let first = u32::MAX - 1;
+        let mut b = Batch::new(first);
+        let t = TableMsg::new("natlb", Some("c"));
+        b.push(&t, MsgType::Add, "creating table inet natlb");
+        b.push(&t, MsgType::Del, "deleting table inet natlb");
+        let f = b.finish();
+        assert_eq!(f.messages(), 2);
+        assert_eq!(f.purpose(first), Some("starting the transaction"));
+        assert_eq!(
+            f.purpose(first.wrapping_add(1)),
+            Some("creating table inet natlb")
+        );
+        assert_eq!(f.purpose(0), Some("deleting table inet natlb"));
+        assert_eq!(f.purpose(1), Some("committing the transaction"));
+        assert_eq!(f.purpose(2), None);
+        assert_eq!(f.next_seq(), 2);
+        // Four netlink messages back to back, each 4-byte aligned, lengths adding up.
+        let bytes = f.bytes();
+        let mut at = 0;
+        let mut seqs = vec![];
+        while at < bytes.len() {
+            let len = u32::from_ne_bytes(bytes[at..at + 4].try_into().unwrap()) as usize;
+            seqs.push(u32::from_ne_bytes(
+                bytes[at + 8..at + 12].try_into().unwrap(),
+            ));
+            at += len.next_multiple_of(4);
+        }
+        assert_eq!(at, bytes.len());
+        assert_eq!(seqs, vec![first, u32::MAX, 0, 1]);
     }
 }

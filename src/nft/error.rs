@@ -24,6 +24,9 @@ impl fmt::Display for KernelError {
         if let Some(d) = &self.detail {
             write!(f, ": {d}")?;
         }
+        if self.errno == libc::EPERM {
+            f.write_str(" (natlb needs CAP_NET_ADMIN in this network namespace: run it as root)")?;
+        }
         Ok(())
     }
 }
