@@ -34,8 +34,8 @@ use nix::sys::signal::{self, SigSet, Signal};
 use nix::unistd::Pid;
 
 use natlb::model::{
-    Backend, Conntrack, Daemon, Health, HealthKind, Model, OnAllDown, Protocol, Scheduler, Service,
-    Snat, Vip,
+    Backend, Conntrack, Daemon, Health, HealthKind, Model, OnAllDown, OnBackendDown, Protocol,
+    Scheduler, Service, Snat, Vip,
 };
 use natlb::nft::{Change, CommitStats, Installed, Nft};
 use natlb::reconcile::{self, Plan};
@@ -355,9 +355,11 @@ fn build_model(services: usize, backends: usize) -> Model {
                     persistence: None,
                     snat: Snat::Masquerade,
                     on_all_down: OnAllDown::Reject,
+                    on_backend_down: OnBackendDown::Keep,
                     health: Health {
                         kind: HealthKind::Tcp,
                         interval: Duration::from_secs(2),
+                        fast_interval: Duration::from_millis(500),
                         timeout: Duration::from_secs(2),
                         rise: 2,
                         fall: 3,
@@ -367,6 +369,7 @@ fn build_model(services: usize, backends: usize) -> Model {
                             address: backend_of(i, k),
                             weight: 1,
                             backup: false,
+                            health_port: None,
                         })
                         .collect(),
                 }
@@ -391,7 +394,9 @@ fn config_toml(services: usize, backends: usize, dir: &Path) -> String {
         let _ = write!(
             out,
             "\n[[service]]\nname = \"{}\"\nlisten = \"{}\"\nprotocol = \"tcp\"\n\
-             scheduler = \"weighted\"\nsnat = \"masquerade\"\n",
+             scheduler = \"weighted\"\nsnat = \"masquerade\"\n\
+             # No probes: this measures the table and its commits.\n\
+             [service.health]\ntype = \"none\"\n",
             service_name(i),
             vip_of(i)
         );

@@ -1,19 +1,28 @@
-//! `natlb run`: install the table, then keep it as the config says until told to stop.
+//! `natlb run`: install the table, then keep it as the config and the probes say until told to
+//! stop.
 //!
-//! Start: read the config, render, read back whatever table is installed under natlb's name and
-//! send the one batch that makes it right (nothing, element deltas, or an atomic replace: a
-//! restart never interrupts traffic). SIGHUP: re-read the config; a bad config is logged and
-//! changes nothing; a good one is applied as element deltas in one batch. SIGTERM/SIGINT: exit,
-//! leaving the rules in place unless `keep_rules_on_exit = false`.
+//! - Start: read the config and the last known backend states (`state_dir`), render, read back
+//!   whatever table is installed under natlb's name and send the one batch that makes it right
+//!   (nothing, element deltas, or an atomic replace: a restart never interrupts traffic). Then
+//!   start the probes.
+//! - A probe decides a backend went down or came back: render that backend's service before and
+//!   after, and commit the difference as one batch (several decisions that arrive together share
+//!   one batch).
+//! - SIGHUP: re-read the config; a bad config is logged and changes nothing; a good one is
+//!   applied as element deltas in one batch, and probes of unchanged backends keep their state.
+//! - SIGTERM/SIGINT: exit, leaving the rules in place unless `keep_rules_on_exit = false`.
 
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
 use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::mpsc;
 use tracing::{error, info, warn};
 
 use crate::config;
+use crate::health::{self, Board, Engine, Report, State};
 use crate::model::Model;
-use crate::nft::{Nft, NftError};
+use crate::nft::{Change, CommitStats, Nft, NftError, SetDelta};
 use crate::reconcile::{self, Plan};
 use crate::render::{self, ruleset::Ruleset};
 
@@ -27,17 +36,16 @@ pub enum DaemonError {
     Signals(std::io::Error),
 }
 
-/// The daemon's state: the config file and the ruleset it last committed.
+/// The daemon's state: the config, what the probes say, and the ruleset it last committed.
 struct Daemon {
     config_path: PathBuf,
     model: Model,
+    /// Service position in `model.services` by name.
+    index: HashMap<String, usize>,
+    board: Board,
+    engine: Engine,
     installed: Ruleset,
     nft: Nft,
-}
-
-fn desired(model: &Model) -> Ruleset {
-    // Every backend counts as up until health checking decides otherwise.
-    render::render(model, |_, _| true)
 }
 
 fn warn_unsupported(model: &Model) {
@@ -56,11 +64,35 @@ fn summary(rs: &Ruleset, model: &Model) -> String {
     )
 }
 
+fn index(model: &Model) -> HashMap<String, usize> {
+    model
+        .services
+        .iter()
+        .enumerate()
+        .map(|(i, s)| (s.name.clone(), i))
+        .collect()
+}
+
+fn element_changes(deltas: &[SetDelta]) -> usize {
+    deltas.iter().map(|d| d.add.len() + d.remove.len()).sum()
+}
+
 impl Daemon {
-    fn start(config_path: &Path) -> Result<Daemon, DaemonError> {
+    fn start(
+        config_path: &Path,
+        reports: mpsc::UnboundedSender<Report>,
+    ) -> Result<Daemon, DaemonError> {
         let model = config::load(config_path)?;
         warn_unsupported(&model);
-        let want = desired(&model);
+        let saved = health::store::load(&model.daemon.state_dir).unwrap_or_else(|e| {
+            warn!(
+                "cannot read {}: {e}; every probed backend starts unknown",
+                health::store::path(&model.daemon.state_dir).display()
+            );
+            BTreeMap::new()
+        });
+        let board = Board::new(&saved, &model);
+        let want = render::render(&model, |s, b| board.is_up(s, b));
         let mut nft = Nft::open()?;
         let found = nft.read_installed(&want)?;
         let plan = reconcile::adopt(&found, &want);
@@ -87,12 +119,121 @@ impl Daemon {
                 summary(&want, &model)
             );
         }
+        let mut engine = Engine::new(reports);
+        engine.sync(&model.services, |k| board.state(&k.service, k.backend));
+        if engine.probed() > 0 {
+            info!(
+                backends = engine.probed(),
+                restored = saved.len(),
+                "probing started"
+            );
+        }
         Ok(Daemon {
             config_path: config_path.to_path_buf(),
+            index: index(&model),
             model,
+            board,
+            engine,
             installed: want,
             nft,
         })
+    }
+
+    /// Applies probe decisions: one batch for all of them.
+    fn on_reports(&mut self, reports: Vec<Report>) {
+        let mut by_service: BTreeMap<usize, Vec<&Report>> = BTreeMap::new();
+        for r in &reports {
+            // A report from a task a reload has just stopped may name a removed backend.
+            if let Some(&i) = self.index.get(&r.key.service)
+                && self.model.services[i]
+                    .backends
+                    .iter()
+                    .any(|b| b.address == r.key.backend)
+            {
+                by_service.entry(i).or_default().push(r);
+            }
+        }
+        if by_service.is_empty() {
+            return;
+        }
+        let mut deltas = Vec::new();
+        for (&i, reps) in &by_service {
+            let service = &self.model.services[i];
+            let board = &mut self.board;
+            let before = render::service_elements(service, |s, b| board.is_up(s, b));
+            for r in reps {
+                board.set(&r.key, r.transition.to);
+            }
+            let after = render::service_elements(service, |s, b| board.is_up(s, b));
+            deltas.extend(reconcile::diff_elements(&before, &after));
+        }
+        let result = if deltas.is_empty() {
+            Ok(None)
+        } else {
+            self.commit_deltas(&deltas).map(Some)
+        };
+        let decided = reports.iter().map(|r| r.decided_at).min();
+        for r in &reports {
+            let verb = match r.transition.to {
+                State::Down => "DOWN",
+                _ => "UP",
+            };
+            info!(
+                service = %r.key.service,
+                backend = %r.key.backend,
+                "backend {verb} after {} probe(s): {}",
+                r.transition.after,
+                r.outcome.detail
+            );
+        }
+        match result {
+            Ok(Some(stats)) => info!(
+                elements_changed = element_changes(&deltas),
+                kernel_ms = stats.kernel.as_secs_f64() * 1e3,
+                decision_to_commit_ms = decided.map_or(0.0, |d| d.elapsed().as_secs_f64() * 1e3),
+                "health change committed in one batch"
+            ),
+            Ok(None) => {}
+            Err(e) => error!("health change NOT applied: {e}"),
+        }
+        for &i in by_service.keys() {
+            let s = &self.model.services[i];
+            if render::active_backends(s, |s, b| self.board.is_up(s, b)).is_empty() {
+                warn!(service = %s.name, "no backend of service {} is up: new connections to it fail", s.name);
+            }
+        }
+        if let Err(e) = health::store::save(&self.model.daemon.state_dir, &self.board.snapshot()) {
+            warn!(
+                "cannot save backend states to {}: {e}",
+                health::store::path(&self.model.daemon.state_dir).display()
+            );
+        }
+    }
+
+    /// Commits element deltas to the installed table and records them; if the kernel refuses
+    /// (the table was changed by hand), re-reads the table and applies the full difference.
+    fn commit_deltas(&mut self, deltas: &[SetDelta]) -> Result<CommitStats, NftError> {
+        let table = self.installed.table.clone();
+        match self.nft.apply(&[Change::Elements {
+            table: &table,
+            deltas,
+        }]) {
+            Ok(stats) => {
+                reconcile::apply_deltas(&mut self.installed, deltas);
+                Ok(stats)
+            }
+            Err(NftError::Rejected(errors)) => {
+                warn!(
+                    "the batch was refused ({}); re-reading table inet {table} and retrying once",
+                    errors[0]
+                );
+                let want = render::render(&self.model, |s, b| self.board.is_up(s, b));
+                let stats = self.resync(&want)?;
+                self.installed = want;
+                Ok(stats)
+            }
+            Err(e) => Err(e),
+        }
     }
 
     /// SIGHUP: re-read the config and apply the difference as one batch. Any failure leaves
@@ -108,41 +249,48 @@ impl Daemon {
             }
         };
         warn_unsupported(&model);
-        let want = desired(&model);
+        self.board.retain(&model);
+        let want = render::render(&model, |s, b| self.board.is_up(s, b));
         let plan = reconcile::plan(&self.installed, &want);
         if let Plan::Replace { reason } = &plan {
             info!(table = %want.table, "reload replaces the whole table: {reason}");
         }
-        if plan == Plan::Nothing {
-            info!("reload: nothing changed");
-            self.model = model;
-            return;
-        }
-        let changes = plan.changes(&want, Some(&self.installed.table));
-        let mut result = self.nft.apply(&changes);
-        if let Err(NftError::Rejected(errors)) = &result {
-            // The kernel's table is not what natlb last installed (someone changed it by hand):
-            // read it back and apply the difference from what is really there.
-            warn!(
-                "the batch was refused ({}); re-reading table inet {} and retrying once",
-                errors[0], want.table
-            );
-            result = self.resync(&want);
-        }
+        let result = if plan == Plan::Nothing {
+            info!("reload: the ruleset stays as it is");
+            Ok(None)
+        } else {
+            let changes = plan.changes(&want, Some(&self.installed.table));
+            match self.nft.apply(&changes) {
+                Err(NftError::Rejected(errors)) => {
+                    warn!(
+                        "the batch was refused ({}); re-reading table inet {} and retrying once",
+                        errors[0], want.table
+                    );
+                    self.resync(&want).map(Some)
+                }
+                other => other.map(Some),
+            }
+        };
         match result {
             Ok(stats) => {
-                let elements: usize = match &plan {
-                    Plan::Deltas(d) => d.iter().map(|d| d.add.len() + d.remove.len()).sum(),
-                    _ => want.element_count(),
-                };
-                info!(
-                    table = %want.table,
-                    elements_changed = elements,
-                    kernel_ms = stats.kernel.as_secs_f64() * 1e3,
-                    "reload applied in one batch: {}",
-                    summary(&want, &model)
-                );
+                if let Some(stats) = stats {
+                    let elements = match &plan {
+                        Plan::Deltas(d) => element_changes(d),
+                        _ => want.element_count(),
+                    };
+                    info!(
+                        table = %want.table,
+                        elements_changed = elements,
+                        kernel_ms = stats.kernel.as_secs_f64() * 1e3,
+                        "reload applied in one batch: {}",
+                        summary(&want, &model)
+                    );
+                }
                 self.installed = want;
+                self.index = index(&model);
+                let board = &self.board;
+                self.engine
+                    .sync(&model.services, |k| board.state(&k.service, k.backend));
                 self.model = model;
             }
             Err(e) => error!("reload failed, the running ruleset is unchanged: {e}"),
@@ -150,7 +298,7 @@ impl Daemon {
     }
 
     /// Reads the installed table back and applies what it takes to make it `want`.
-    fn resync(&mut self, want: &Ruleset) -> Result<crate::nft::CommitStats, NftError> {
+    fn resync(&mut self, want: &Ruleset) -> Result<CommitStats, NftError> {
         let found = self.nft.read_installed(want)?;
         let plan = reconcile::adopt(&found, want);
         self.nft
@@ -162,7 +310,7 @@ impl Daemon {
             info!(table = %self.installed.table, "exiting; the rules stay in place (keep_rules_on_exit)");
         } else {
             self.nft
-                .apply(&[crate::nft::Change::DropTable(&self.installed.table)])?;
+                .apply(&[Change::DropTable(&self.installed.table)])?;
             info!(table = %self.installed.table, "exiting; removed the table (keep_rules_on_exit = false)");
         }
         Ok(())
@@ -180,10 +328,19 @@ pub fn run(config_path: &Path) -> Result<(), DaemonError> {
         let mut hup = signal(SignalKind::hangup()).map_err(DaemonError::Signals)?;
         let mut term = signal(SignalKind::terminate()).map_err(DaemonError::Signals)?;
         let mut int = signal(SignalKind::interrupt()).map_err(DaemonError::Signals)?;
-        let mut daemon = Daemon::start(config_path)?;
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let mut daemon = Daemon::start(config_path, tx)?;
         info!(config = %config_path.display(), "natlb is running");
         loop {
             tokio::select! {
+                Some(first) = rx.recv() => {
+                    // Decisions that arrived together share one batch.
+                    let mut batch = vec![first];
+                    while let Ok(r) = rx.try_recv() {
+                        batch.push(r);
+                    }
+                    daemon.on_reports(batch);
+                }
                 _ = hup.recv() => {
                     info!("SIGHUP: reloading {}", config_path.display());
                     daemon.reload();

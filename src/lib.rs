@@ -7,6 +7,7 @@
 
 pub mod config;
 pub mod daemon;
+pub mod health;
 pub mod model;
 pub mod nft;
 pub mod reconcile;

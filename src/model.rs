@@ -103,10 +103,22 @@ pub enum OnAllDown {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum HealthKind {
+    /// Up when a TCP connection to the backend (or its health port) is accepted.
     Tcp,
-    Http { path: String },
-    Udp,
-    Exec,
+    /// Up when `GET path` answers with a status in `expect_status`.
+    Http {
+        path: String,
+        /// The Host header; the backend's `IP:port` when not set.
+        host: Option<String>,
+        /// Accepted status codes, as inclusive ranges (default 200-399).
+        expect_status: Vec<(u16, u16)>,
+    },
+    /// Up when a datagram with `payload` gets any reply; an ICMP unreachable means down.
+    Udp { payload: Vec<u8> },
+    /// Up when `command` (argv, no shell) exits 0 before the timeout; it gets the backend's
+    /// address in `NATLB_BACKEND_IP`, `NATLB_BACKEND_PORT` and the service in `NATLB_SERVICE`.
+    Exec { command: Vec<String> },
+    /// No probe: the backend is always up.
     None,
 }
 
@@ -114,9 +126,21 @@ pub enum HealthKind {
 pub struct Health {
     pub kind: HealthKind,
     pub interval: Duration,
+    /// The interval while a backend is changing state (between the first differing result and
+    /// `rise`/`fall` of them), so that a decision comes sooner.
+    pub fast_interval: Duration,
     pub timeout: Duration,
     pub rise: u32,
     pub fall: u32,
+}
+
+/// What happens to a backend's established connections when it goes down.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnBackendDown {
+    /// They stay; only new connections avoid the backend.
+    Keep,
+    /// Its conntrack entries are deleted, so UDP flows move at once and TCP clients reconnect.
+    Reset,
 }
 
 /// The key the data plane classifies a service's packets by.
@@ -135,6 +159,7 @@ pub struct Service {
     pub persistence: Option<Duration>,
     pub snat: Snat,
     pub on_all_down: OnAllDown,
+    pub on_backend_down: OnBackendDown,
     pub health: Health,
     pub backends: Vec<Backend>,
 }
@@ -147,6 +172,8 @@ pub struct Backend {
     pub weight: u32,
     /// Used only while no primary (non-backup) backend is up.
     pub backup: bool,
+    /// The port probes go to, when not the backend's own.
+    pub health_port: Option<u16>,
 }
 
 #[derive(Debug, Clone, PartialEq)]

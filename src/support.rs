@@ -4,7 +4,7 @@
 //! arrive in later versions. Until then natlb says so, by name, wherever a config is read
 //! (`check`, `render`, `run`), instead of silently doing something else.
 
-use crate::model::{HealthKind, Model, Scheduler};
+use crate::model::{Model, OnBackendDown, Scheduler};
 
 /// One warning per config element that natlb does not act on yet, saying what it does instead.
 pub fn not_yet_supported(model: &Model) -> Vec<String> {
@@ -18,6 +18,13 @@ pub fn not_yet_supported(model: &Model) -> Vec<String> {
                 s.scheduler.name()
             ));
         }
+        if s.on_backend_down == OnBackendDown::Reset {
+            out.push(format!(
+                "service {}: on_backend_down = \"reset\" is not implemented yet; a withdrawn \
+                 backend keeps its established connections",
+                s.name
+            ));
+        }
         if s.persistence.is_some() {
             out.push(format!(
                 "service {}: persistence is not implemented yet; every new connection picks a \
@@ -25,18 +32,6 @@ pub fn not_yet_supported(model: &Model) -> Vec<String> {
                 s.name
             ));
         }
-    }
-    let probed: Vec<&str> = model
-        .services
-        .iter()
-        .filter(|s| s.health.kind != HealthKind::None)
-        .map(|s| s.name.as_str())
-        .collect();
-    if !probed.is_empty() {
-        out.push(format!(
-            "health probes are not implemented yet (service {}): every backend is treated as up",
-            probed.join(", ")
-        ));
     }
     if !model.egress.is_empty() {
         out.push("[[egress]] is not applied yet: no egress SNAT rules are installed".into());
@@ -65,9 +60,8 @@ mod tests {
         )
         .unwrap();
         let w = not_yet_supported(&m);
-        assert_eq!(w.len(), 3, "{w:#?}");
+        assert_eq!(w.len(), 2, "{w:#?}");
         assert!(w[0].contains("service a") && w[0].contains("\"least-conn\""));
         assert!(w[1].contains("persistence"));
-        assert!(w[2].contains("(service a)"), "b has no probe: {}", w[2]);
     }
 }

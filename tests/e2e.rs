@@ -6,18 +6,16 @@
 //! band, p ± 0.10, is more than 4.5 standard deviations wide on each side, so a correct natlb
 //! fails it with probability below 1e-5, while a wrong share (e.g. 1/2 instead of 3/4) fails it.
 
+mod gateway;
 mod lab;
 
-use std::collections::HashMap;
 use std::io::{Read, Write};
-use std::net::{IpAddr, SocketAddr};
-use std::path::{Path, PathBuf};
+use std::net::IpAddr;
+use std::path::Path;
 use std::time::Duration;
 
-use lab::{Lab, LabOptions, Process, ServerHandle, Signal};
+use gateway::{Gateway, T, assert_same_table, share};
 
-const NATLB: &str = env!("CARGO_BIN_EXE_natlb");
-const T: Duration = Duration::from_secs(2);
 const SAMPLES: usize = 400;
 
 fn config(dir: &Path, w0: u32, w1: u32, keep_rules: bool) -> String {
@@ -59,6 +57,10 @@ name = "dns"
 listen = "203.0.113.10:53"
 protocol = "udp"
 
+[service.health]
+type = "udp"
+interval = "500ms"
+
 [[service.backend]]
 address = "192.0.2.11:5353"
 
@@ -79,124 +81,9 @@ address = "[fd00:2::12]:8080"
     )
 }
 
-struct Gateway {
-    // Field order is drop order: natlb and the servers go before their namespaces.
-    natlb: Option<Process>,
-    _servers: Vec<ServerHandle>,
-    config: PathBuf,
-    lab: Lab,
-}
-
-impl Gateway {
-    fn new(w0: u32, w1: u32, keep_rules: bool) -> Gateway {
-        let lab = Lab::new(LabOptions { backends: 3 });
-        let mut servers = Vec::new();
-        for i in 0..3 {
-            servers.push(lab.start_tcp_server(i, 8080, &format!("be{i}")));
-            servers.push(lab.start_udp_server(i, 5353, &format!("be{i}")));
-        }
-        let config = lab.write_file("natlb.toml", &config(lab.dir(), w0, w1, keep_rules));
-        let mut g = Gateway {
-            natlb: None,
-            _servers: servers,
-            config,
-            lab,
-        };
-        g.start();
-        g
-    }
-
-    /// Starts `natlb run` and waits until it says it runs.
-    fn start(&mut self) {
-        let p = self.lab.spawn_in(
-            self.lab.gateway_ns(),
-            &[NATLB, "run", "-c", self.config.to_str().unwrap()],
-        );
-        let up = lab::wait_until(Duration::from_secs(10), Duration::from_millis(20), || {
-            p.stderr_text().contains("natlb is running")
-        });
-        assert!(up, "natlb did not start:\n{}", p.stderr_text());
-        self.natlb = Some(p);
-    }
-
-    fn log(&self) -> String {
-        self.natlb.as_ref().unwrap().stderr_text()
-    }
-
-    /// `nft list table inet natlb`, with counter values blanked: traffic changes those.
-    fn table(&self) -> String {
-        let listing = self.lab.exec_ok(
-            self.lab.gateway_ns(),
-            &["nft", "list", "table", "inet", "natlb"],
-        );
-        blank_counters(&listing)
-    }
-
-    /// Rewrites the config, sends SIGHUP and waits for the log line that ends the reload.
-    fn reload(&self, text: &str, expect: &str) {
-        let before = self.log().matches(expect).count();
-        std::fs::write(&self.config, text).unwrap();
-        self.natlb.as_ref().unwrap().signal(Signal::SIGHUP);
-        let done = lab::wait_until(Duration::from_secs(10), Duration::from_millis(20), || {
-            self.log().matches(expect).count() > before
-        });
-        assert!(done, "no {expect:?} after SIGHUP:\n{}", self.log());
-    }
-
-    /// Opens `n` new TCP connections to `vip` and counts the answers per backend id.
-    fn tcp_shares(&self, vip: &str, n: usize) -> HashMap<String, usize> {
-        let vip: SocketAddr = vip.parse().unwrap();
-        self.lab.in_client(|| {
-            let mut counts = HashMap::new();
-            for _ in 0..n {
-                let line =
-                    lab::tcp_request(vip, T).unwrap_or_else(|e| panic!("TCP to {vip} failed: {e}"));
-                let (id, _) = lab::parse_reply(&line).unwrap();
-                *counts.entry(id).or_insert(0) += 1;
-            }
-            counts
-        })
-    }
-
-    /// The source address the backend saw for one connection to `vip`.
-    fn peer_seen(&self, vip: &str) -> IpAddr {
-        let line = self.lab.tcp_request(vip.parse().unwrap(), T).unwrap();
-        lab::parse_reply(&line).unwrap().1.ip()
-    }
-}
-
-fn blank_counters(listing: &str) -> String {
-    let mut out = Vec::new();
-    let mut words = listing.split(' ').peekable();
-    while let Some(w) = words.next() {
-        out.push(w.to_string());
-        if (w == "packets" || w == "bytes")
-            && let Some(n) = words.next()
-        {
-            let digits = n.trim_end_matches(|c: char| !c.is_ascii_digit()).len();
-            out.push(format!("N{}", &n[digits..]));
-        }
-    }
-    out.join(" ")
-}
-
-/// Asserts two listings are equal, printing only the lines that differ.
-fn assert_same_table(a: &str, b: &str) {
-    if a != b {
-        let only_a: Vec<_> = a.lines().filter(|l| !b.contains(l)).collect();
-        let only_b: Vec<_> = b.lines().filter(|l| !a.contains(l)).collect();
-        panic!("tables differ\nonly before: {only_a:#?}\nonly after: {only_b:#?}");
-    }
-}
-
-fn share(counts: &HashMap<String, usize>, id: &str) -> f64 {
-    let total: usize = counts.values().sum();
-    *counts.get(id).unwrap_or(&0) as f64 / total as f64
-}
-
 #[test]
 fn weighted_tcp_udp_ipv6_and_snat_policies() {
-    let g = Gateway::new(3, 1, true);
+    let g = Gateway::new(|d| config(d, 3, 1, true));
 
     // 3:1 weights give ~75/25 of new TCP connections; the backup gets nothing.
     let counts = g.tcp_shares("203.0.113.10:80", SAMPLES);
@@ -253,7 +140,7 @@ fn weighted_tcp_udp_ipv6_and_snat_policies() {
 
 #[test]
 fn reload_changes_shares_and_a_bad_reload_changes_nothing() {
-    let g = Gateway::new(3, 1, true);
+    let g = Gateway::new(|d| config(d, 3, 1, true));
     let dir = g.lab.dir().to_path_buf();
 
     g.reload(&config(&dir, 1, 3, true), "reload applied in one batch");
@@ -288,7 +175,7 @@ fn reload_changes_shares_and_a_bad_reload_changes_nothing() {
 
 #[test]
 fn kill9_keeps_traffic_and_a_restart_adopts_without_a_change() {
-    let mut g = Gateway::new(3, 1, true);
+    let mut g = Gateway::new(|d| config(d, 3, 1, true));
     let before = g.table();
 
     // A long-lived connection opened before the crash...
@@ -335,7 +222,7 @@ fn kill9_keeps_traffic_and_a_restart_adopts_without_a_change() {
 
 #[test]
 fn sigterm_without_keep_rules_removes_the_table() {
-    let mut g = Gateway::new(1, 1, false);
+    let mut g = Gateway::new(|d| config(d, 1, 1, false));
     assert!(g.table().contains("table inet natlb"));
     let status = g.natlb.as_mut().unwrap().stop(Duration::from_secs(5));
     assert!(status.success(), "{status:?}\n{}", g.log());
@@ -355,7 +242,7 @@ fn sigterm_without_keep_rules_removes_the_table() {
 
 #[test]
 fn a_reload_after_a_hand_edit_resynchronises() {
-    let g = Gateway::new(3, 1, true);
+    let g = Gateway::new(|d| config(d, 3, 1, true));
     // An operator removes the web service's class element by hand...
     g.lab.exec_ok(
         g.lab.gateway_ns(),

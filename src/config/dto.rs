@@ -65,6 +65,7 @@ pub(super) struct ServiceDto {
     pub persistence: Option<Spanned<DurationText>>,
     pub snat: Option<Spanned<String>>,
     pub on_all_down: Option<Spanned<String>>,
+    pub on_backend_down: Option<Spanned<String>>,
     pub health: Option<HealthDto>,
     pub backend: Option<Vec<Spanned<BackendDto>>>,
 }
@@ -75,7 +76,12 @@ pub(super) struct HealthDto {
     #[serde(rename = "type")]
     pub kind: Option<Spanned<String>>,
     pub path: Option<Spanned<String>>,
+    pub host: Option<Spanned<String>>,
+    pub expect_status: Option<Spanned<StatusText>>,
+    pub payload: Option<Spanned<String>>,
+    pub command: Option<Spanned<Argv>>,
     pub interval: Option<Spanned<DurationText>>,
+    pub fast_interval: Option<Spanned<DurationText>>,
     pub timeout: Option<Spanned<DurationText>>,
     pub rise: Option<Spanned<i64>>,
     pub fall: Option<Spanned<i64>>,
@@ -87,6 +93,7 @@ pub(super) struct BackendDto {
     pub address: Option<Spanned<String>>,
     pub weight: Option<Spanned<i64>>,
     pub backup: Option<bool>,
+    pub health_port: Option<Spanned<i64>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -149,6 +156,58 @@ impl<'de> Deserialize<'de> for DurationText {
             }
         }
         d.deserialize_str(V)
+    }
+}
+
+/// `expect_status`: a string that validation parses into status ranges; its own type only for the
+/// expected-type message, so that `expect_status = 200` says to quote it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct StatusText(pub String);
+
+impl<'de> Deserialize<'de> for StatusText {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = StatusText;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str(
+                    "a string of status codes and ranges, such as \"200-399\" or \"200,204\"",
+                )
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(StatusText(v.to_owned()))
+            }
+        }
+        d.deserialize_str(V)
+    }
+}
+
+/// `command` of an exec probe: the program and its arguments, each spanned so validation can
+/// point at the one that is wrong. A hand-written visitor so that `command = "/bin/check"` says
+/// an array is expected and what goes in it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct Argv(pub Vec<Spanned<String>>);
+
+impl<'de> Deserialize<'de> for Argv {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Argv;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str(
+                    "an array of strings, the program and its arguments, such as \
+                     [\"/usr/local/bin/check\", \"--quick\"]",
+                )
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+                let mut items = Vec::new();
+                while let Some(item) = seq.next_element()? {
+                    items.push(item);
+                }
+                Ok(Argv(items))
+            }
+        }
+        d.deserialize_seq(V)
     }
 }
 
@@ -238,11 +297,16 @@ fn section<T: DeserializeOwned>(
     }
 }
 
-/// The dotted path of the key whose value has exactly `span`, searching below `value`.
+/// The dotted path of the key whose value (or an item of whose array value) has exactly `span`,
+/// searching below `value`.
 fn key_at(value: &Spanned<DeValue<'_>>, span: &std::ops::Range<usize>) -> Option<String> {
     match value.get_ref() {
         DeValue::Table(t) => t.iter().find_map(|(k, v)| {
-            if v.span() == *span {
+            let item_of_array = match v.get_ref() {
+                DeValue::Array(items) => items.iter().any(|item| item.span() == *span),
+                _ => false,
+            };
+            if v.span() == *span || item_of_array {
                 Some(k.get_ref().to_string())
             } else {
                 key_at(v, span).map(|inner| format!("{}.{inner}", k.get_ref()))

@@ -76,6 +76,7 @@ static SERVICE: Table = Table {
         ("persistence", Shape::Value),
         ("snat", Shape::Value),
         ("on_all_down", Shape::Value),
+        ("on_backend_down", Shape::Value),
         ("health", Shape::Table(&HEALTH)),
         ("backend", Shape::Tables(&BACKEND)),
     ],
@@ -86,7 +87,12 @@ static HEALTH: Table = Table {
     keys: &[
         ("type", Shape::Value),
         ("path", Shape::Value),
+        ("host", Shape::Value),
+        ("expect_status", Shape::Value),
+        ("payload", Shape::Value),
+        ("command", Shape::Value),
         ("interval", Shape::Value),
+        ("fast_interval", Shape::Value),
         ("timeout", Shape::Value),
         ("rise", Shape::Value),
         ("fall", Shape::Value),
@@ -99,6 +105,7 @@ static BACKEND: Table = Table {
         ("address", Shape::Value),
         ("weight", Shape::Value),
         ("backup", Shape::Value),
+        ("health_port", Shape::Value),
     ],
 };
 
@@ -284,13 +291,15 @@ adress = "1.2.3.4"
                  table, control_socket, state_dir, metrics, keep_rules_on_exit)",
                 "f.toml:5:1: unknown key `protcol` in [[service]]; did you mean `protocol`? \
                  (valid keys: name, listen, protocol, scheduler, persistence, snat, \
-                 on_all_down, health, backend)",
+                 on_all_down, on_backend_down, health, backend)",
                 "f.toml:6:1: unknown key `colour` in [[service]] (valid keys: name, listen, \
-                 protocol, scheduler, persistence, snat, on_all_down, health, backend)",
+                 protocol, scheduler, persistence, snat, on_all_down, on_backend_down, health, \
+                 backend)",
                 "f.toml:8:1: unknown key `intervall` in [service.health]; did you mean \
-                 `interval`? (valid keys: type, path, interval, timeout, rise, fall)",
+                 `interval`? (valid keys: type, path, host, expect_status, payload, command, \
+                 interval, fast_interval, timeout, rise, fall)",
                 "f.toml:10:1: unknown key `adress` in [[service.backend]]; did you mean \
-                 `address`? (valid keys: address, weight, backup)",
+                 `address`? (valid keys: address, weight, backup, health_port)",
                 "f.toml:11:2: unknown key `deamon` in the top level; did you mean `daemon`? \
                  (valid keys: daemon, conntrack, sysctl, service, egress)",
             ]

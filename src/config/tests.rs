@@ -125,11 +125,16 @@ fn spec_example_parses_to_the_expected_model() {
             persistence: Some(Duration::from_secs(30 * 60)),
             snat: Snat::Masquerade,
             on_all_down: OnAllDown::Reject,
+            on_backend_down: OnBackendDown::Keep,
             health: Health {
                 kind: HealthKind::Http {
                     path: "/health".into(),
+                    host: None,
+                    expect_status: vec![(200, 399)],
                 },
                 interval: Duration::from_secs(1),
+                // A quarter of the interval.
+                fast_interval: Duration::from_millis(250),
                 timeout: Duration::from_millis(500),
                 rise: 2,
                 fall: 3,
@@ -139,11 +144,13 @@ fn spec_example_parses_to_the_expected_model() {
                     address: sa("10.0.1.11:8080"),
                     weight: 3,
                     backup: false,
+                    health_port: None,
                 },
                 Backend {
                     address: sa("10.0.1.12:8080"),
                     weight: 1,
                     backup: true,
+                    health_port: None,
                 },
             ],
         }],
@@ -200,9 +207,11 @@ address = "10.0.2.1"
             persistence: None,
             snat: Snat::Masquerade,
             on_all_down: OnAllDown::Reject,
+            on_backend_down: OnBackendDown::Keep,
             health: Health {
                 kind: HealthKind::Tcp,
                 interval: Duration::from_secs(2),
+                fast_interval: Duration::from_millis(500),
                 timeout: Duration::from_secs(2),
                 rise: 2,
                 fall: 3,
@@ -212,6 +221,7 @@ address = "10.0.2.1"
                 address: sa("10.0.2.1:53"),
                 weight: 1,
                 backup: false,
+                health_port: None,
             }],
         }]
     );
@@ -219,15 +229,21 @@ address = "10.0.2.1"
 
 #[test]
 fn health_defaults() {
-    // http without a path probes "/"; the timeout defaults to the interval.
+    // http without a path probes "/" with the backend's IP:PORT as Host and accepts 200-399;
+    // the timeout defaults to the interval, the fast interval to a quarter of it.
     let m = ok(&service_with(
         "[service.health]\ntype = \"http\"\ninterval = \"5s\"",
     ));
     assert_eq!(
         m.services[0].health,
         Health {
-            kind: HealthKind::Http { path: "/".into() },
+            kind: HealthKind::Http {
+                path: "/".into(),
+                host: None,
+                expect_status: vec![(200, 399)],
+            },
             interval: Duration::from_secs(5),
+            fast_interval: Duration::from_millis(1250),
             timeout: Duration::from_secs(5),
             rise: 2,
             fall: 3,
@@ -253,7 +269,7 @@ name = "b"
 listen = "198.51.100.10:54"
 scheduler = "source-hash"
 snat = "192.0.2.1"
-health = { type = "exec" }
+health = { type = "exec", command = ["/usr/local/bin/check"] }
 backend = [{ address = "10.0.1.1" }]
 
 [[service]]
@@ -268,10 +284,15 @@ backend = [{ address = "10.0.1.1" }]
     assert_eq!(s[0].scheduler, Scheduler::RoundRobin);
     assert_eq!(s[0].snat, Snat::None);
     assert_eq!(s[0].on_all_down, OnAllDown::Drop);
-    assert_eq!(s[0].health.kind, HealthKind::Udp);
+    assert_eq!(s[0].health.kind, HealthKind::Udp { payload: vec![] });
     assert_eq!(s[1].scheduler, Scheduler::SourceHash);
     assert_eq!(s[1].snat, Snat::Address(ip("192.0.2.1")));
-    assert_eq!(s[1].health.kind, HealthKind::Exec);
+    assert_eq!(
+        s[1].health.kind,
+        HealthKind::Exec {
+            command: vec!["/usr/local/bin/check".into()]
+        }
+    );
     assert_eq!(s[2].scheduler, Scheduler::LeastConn);
     assert_eq!(s[2].health.kind, HealthKind::None);
 }
@@ -701,6 +722,554 @@ fn health_path_rules() {
     );
 }
 
+// ---- health probe keys: fast_interval, host, expect_status, payload, command ----
+
+/// A one-service config whose `[service.health]` holds `health`, starting on line 5.
+fn health_with(health: &str) -> String {
+    service_with(&format!("[service.health]\n{health}"))
+}
+
+fn ms(n: u64) -> Duration {
+    Duration::from_millis(n)
+}
+
+#[test]
+fn fast_interval_defaults_to_a_quarter_of_the_interval() {
+    let health = |interval: &str| {
+        ok(&health_with(&format!("interval = \"{interval}\""))).services[0]
+            .health
+            .clone()
+    };
+    assert_eq!(health("2s").fast_interval, ms(500));
+    assert_eq!(health("1m").fast_interval, ms(15_000));
+    // At least 100ms…
+    assert_eq!(health("200ms").fast_interval, ms(100));
+    assert_eq!(health("400ms").fast_interval, ms(100));
+    // …but never slower than the interval itself.
+    assert_eq!(health("50ms").fast_interval, ms(50));
+    // The timeout still defaults to the whole interval.
+    assert_eq!(health("200ms").timeout, ms(200));
+    // With no [service.health] at all: a quarter of the default 2s.
+    assert_eq!(
+        ok(&service_with("")).services[0].health.fast_interval,
+        ms(500)
+    );
+}
+
+#[test]
+fn fast_interval_values_and_errors() {
+    let h = ok(&health_with("interval = \"1s\"\nfast_interval = \"300ms\"")).services[0]
+        .health
+        .clone();
+    assert_eq!(
+        (h.interval, h.fast_interval, h.timeout),
+        (ms(1000), ms(300), ms(1000))
+    );
+    // Equal to the interval (no speed-up) and below the default's floor are both allowed.
+    let fast = |text: &str| ok(&health_with(text)).services[0].health.fast_interval;
+    assert_eq!(fast("interval = \"1s\"\nfast_interval = \"1s\""), ms(1000));
+    assert_eq!(fast("fast_interval = \"50ms\""), ms(50));
+
+    assert_eq!(
+        error(&health_with("interval = \"1s\"\nfast_interval = \"2s\"")),
+        "t.toml:6:17: health fast_interval 2s is longer than the interval 1s; it is the interval \
+         while a backend changes state, meant to decide sooner, so use a fast_interval of at \
+         most 1s"
+    );
+    assert_eq!(
+        error(&health_with("fast_interval = \"3s\"")),
+        "t.toml:5:17: health fast_interval 3s is longer than the interval 2s (the default); it \
+         is the interval while a backend changes state, meant to decide sooner, so use a \
+         fast_interval of at most 2s"
+    );
+    assert_eq!(
+        error(&health_with("fast_interval = \"250\"")),
+        "t.toml:5:17: health fast_interval: duration \"250\" has no unit; write e.g. \"250s\" \
+         (units: ms, s, m, h, d)"
+    );
+    assert_eq!(
+        error(&health_with("fast_interval = 250")),
+        "t.toml:5:17: `health.fast_interval`: invalid type: integer `250`, expected a duration \
+         string with a unit, such as \"2s\" or \"500ms\""
+    );
+    // Both timing rules are reported at once.
+    assert_eq!(
+        errors(&health_with(
+            "interval = \"1s\"\nfast_interval = \"5s\"\ntimeout = \"5s\""
+        )),
+        [
+            "t.toml:6:17: health fast_interval 5s is longer than the interval 1s; it is the \
+             interval while a backend changes state, meant to decide sooner, so use a \
+             fast_interval of at most 1s",
+            "t.toml:7:11: health timeout 5s is longer than the interval 1s; a probe must end \
+             before the next starts, so use a timeout of at most 1s",
+        ]
+    );
+    // An invalid interval is reported once, not again as a comparison.
+    assert_eq!(
+        error(&health_with("interval = \"0s\"\nfast_interval = \"5s\"")),
+        "t.toml:5:12: health interval: duration \"0s\" is zero; use a positive duration such as \
+         \"1s\""
+    );
+}
+
+fn http_kind(text: &str) -> HealthKind {
+    ok(&health_with(&format!("type = \"http\"\n{text}"))).services[0]
+        .health
+        .kind
+        .clone()
+}
+
+#[test]
+fn http_host() {
+    assert_eq!(
+        http_kind("path = \"/ready\"\nhost = \"www.example.com:8080\""),
+        HealthKind::Http {
+            path: "/ready".into(),
+            host: Some("www.example.com:8080".into()),
+            expect_status: vec![(200, 399)],
+        }
+    );
+    let host = |value: &str| error(&health_with(&format!("type = \"http\"\nhost = {value}")));
+    assert_eq!(
+        host("\"\""),
+        "t.toml:6:8: health host is empty; write the Host header to send, e.g. \
+         \"www.example.com\", or remove `host` to send the backend's IP:PORT"
+    );
+    assert_eq!(
+        host("\"www example.com\""),
+        "t.toml:6:8: health host \"www example.com\" contains ' ', which cannot go in a Host \
+         header; write only the host name and an optional :PORT, e.g. \"www.example.com\""
+    );
+    // Control characters are quoted escaped, keeping the error on one line.
+    assert_eq!(
+        host("\"a.example\\r\\nX-Evil: 1\""),
+        "t.toml:6:8: health host \"a.example\\r\\nX-Evil: 1\" contains '\\r', which cannot go in \
+         a Host header; write only the host name and an optional :PORT, e.g. \"www.example.com\""
+    );
+    assert!(host("\"a\\nb\"").contains("contains '\\n'"));
+    assert_eq!(
+        host("\"http://www.example.com/health\""),
+        "t.toml:6:8: health host \"http://www.example.com/health\" contains '/'; write only the \
+         host name and an optional :PORT, e.g. \"www.example.com\" (the request path goes in \
+         `path`)"
+    );
+    assert_eq!(
+        error(&health_with("host = \"www.example.com\"")),
+        "t.toml:5:8: health host only applies to http checks, and this one is tcp; remove \
+         `host` or set type = \"http\""
+    );
+}
+
+#[test]
+fn http_expect_status() {
+    let status = |value: &str| match http_kind(&format!("expect_status = \"{value}\"")) {
+        HealthKind::Http { expect_status, .. } => expect_status,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(status("200"), [(200, 200)]);
+    assert_eq!(status("200-399"), [(200, 399)]);
+    assert_eq!(
+        status("200,204,301-302"),
+        [(200, 200), (204, 204), (301, 302)]
+    );
+    // Spaces around entries and dashes are fine; order is kept as written.
+    assert_eq!(status(" 404 , 200 - 299 "), [(404, 404), (200, 299)]);
+    assert_eq!(status("100-599"), [(100, 599)]);
+
+    let bad = |value: &str| {
+        error(&health_with(&format!(
+            "type = \"http\"\nexpect_status = {value}"
+        )))
+    };
+    assert_eq!(
+        bad("\"\""),
+        "t.toml:6:17: health expect_status is empty; list the accepted status codes and ranges, \
+         e.g. \"200-399\" or \"200,204,301-302\""
+    );
+    assert_eq!(
+        bad("\"200,,204\""),
+        "t.toml:6:17: health expect_status \"200,,204\" has an empty entry; separate codes and \
+         ranges with single commas, e.g. \"200-399\" or \"200,204,301-302\""
+    );
+    assert!(bad("\"200,\"").contains("has an empty entry"));
+    assert_eq!(
+        bad("\"ok\""),
+        "t.toml:6:17: health expect_status \"ok\": \"ok\" is not a status code; write codes and \
+         lo-hi ranges separated by commas, e.g. \"200-399\" or \"200,204,301-302\""
+    );
+    assert_eq!(
+        bad("\"2xx,404\""),
+        "t.toml:6:17: health expect_status \"2xx,404\": \"2xx\" is not a status code; write a \
+         class of codes as a range, \"200-299\""
+    );
+    assert_eq!(
+        bad("\"200-600\""),
+        "t.toml:6:17: health expect_status \"200-600\": 600 is not an HTTP status code; use \
+         codes from 100 to 599"
+    );
+    assert!(bad("\"99\"").contains(": 99 is not an HTTP status code"));
+    assert!(bad("\"99999999\"").contains(": 99999999 is not an HTTP status code"));
+    assert_eq!(
+        bad("\"200,399-300\""),
+        "t.toml:6:17: health expect_status range \"399-300\" runs backwards; write the lower \
+         code first: \"300-399\""
+    );
+    assert_eq!(
+        bad("\"200-\""),
+        "t.toml:6:17: health expect_status range \"200-\" is missing a code; write both ends, \
+         e.g. \"200-299\""
+    );
+    assert_eq!(
+        bad("200"),
+        "t.toml:6:17: `health.expect_status`: invalid type: integer `200`, expected a string of \
+         status codes and ranges, such as \"200-399\" or \"200,204\""
+    );
+    assert_eq!(
+        error(&health_with("type = \"udp\"\nexpect_status = \"200\"")),
+        "t.toml:6:17: health expect_status only applies to http checks, and this one is udp; \
+         remove `expect_status` or set type = \"http\""
+    );
+}
+
+#[test]
+fn udp_payload() {
+    let payload = |text: &str| match ok(&health_with(&format!("type = \"udp\"\n{text}"))).services
+        [0]
+    .health
+    .kind
+    .clone()
+    {
+        HealthKind::Udp { payload } => payload,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(payload(""), b"");
+    assert_eq!(payload("payload = \"\""), b"");
+    assert_eq!(payload("payload = \"ping\\n\""), b"ping\n");
+    // UTF-8 bytes: `é` is two.
+    assert_eq!(payload("payload = \"é\""), [0xc3, 0xa9]);
+    assert_eq!(
+        payload(&format!("payload = \"{}\"", "x".repeat(1400))).len(),
+        1400
+    );
+    assert_eq!(
+        payload(&format!("payload = \"{}\"", "é".repeat(700))).len(),
+        1400
+    );
+
+    // The limit counts bytes, not characters: 701 `é` are 1402 bytes.
+    assert_eq!(
+        error(&health_with(&format!(
+            "type = \"udp\"\npayload = \"{}\"",
+            "é".repeat(701)
+        ))),
+        "t.toml:6:11: health payload is 1402 bytes long; a UDP probe carries at most 1400 bytes \
+         (to fit in one unfragmented datagram), so shorten it"
+    );
+    assert!(
+        error(&health_with(&format!(
+            "type = \"udp\"\npayload = \"{}\"",
+            "x".repeat(1401)
+        )))
+        .contains("is 1401 bytes long")
+    );
+    assert_eq!(
+        error(&health_with("type = \"http\"\npayload = \"ping\"")),
+        "t.toml:6:11: health payload only applies to udp checks, and this one is http; remove \
+         `payload` or set type = \"udp\""
+    );
+    assert_eq!(
+        error(&health_with("type = \"udp\"\npayload = 1")),
+        "t.toml:6:11: `health.payload`: invalid type: integer `1`, expected a string"
+    );
+}
+
+#[test]
+fn exec_command() {
+    let m = ok(&health_with(
+        "type = \"exec\"\ncommand = [\"/usr/lib/nagios/check_http\", \"-H\", \"example.com\"]\n\
+         timeout = \"1s\"",
+    ));
+    assert_eq!(
+        m.services[0].health.kind,
+        HealthKind::Exec {
+            command: vec![
+                "/usr/lib/nagios/check_http".into(),
+                "-H".into(),
+                "example.com".into()
+            ]
+        }
+    );
+
+    let cmd = |value: &str| errors(&health_with(&format!("type = \"exec\"\ncommand = {value}")));
+    // Required for exec: reported at the type that needs it, inline tables too.
+    assert_eq!(
+        error(&health_with("type = \"exec\"")),
+        "t.toml:5:8: health type \"exec\" needs command = [\"/path/to/check\", ...]"
+    );
+    assert_eq!(
+        error(&service_with("health = { type = \"exec\" }")),
+        "t.toml:4:19: health type \"exec\" needs command = [\"/path/to/check\", ...]"
+    );
+    assert_eq!(
+        cmd("[]"),
+        [
+            "t.toml:6:11: health command is empty; write the program and its arguments, e.g. \
+          command = [\"/usr/local/bin/check\", \"--quick\"]"
+        ]
+    );
+    assert_eq!(
+        cmd("[\"check.sh\", \"-q\"]"),
+        [
+            "t.toml:6:12: health command program \"check.sh\" is not an absolute path; write its \
+          full path, e.g. \"/usr/local/bin/check.sh\" (the command runs without a shell, so \
+          PATH is not searched)"
+        ]
+    );
+    assert!(cmd("[\"./bin/check\"]")[0].contains("e.g. \"/usr/local/bin/check\""));
+    assert_eq!(
+        cmd("[\"\"]"),
+        [
+            "t.toml:6:12: health command program is empty; the first element is the program to \
+          run, write its absolute path, e.g. \"/usr/local/bin/check\""
+        ]
+    );
+    assert_eq!(
+        cmd("[\"/bin/check\", \"a\\u0000b\"]"),
+        [
+            "t.toml:6:26: health command argument contains a NUL character, which a program \
+          argument cannot hold; remove it"
+        ]
+    );
+    assert_eq!(
+        cmd("\"/bin/check --quick\""),
+        [
+            "t.toml:6:11: `health.command`: invalid type: string \"/bin/check --quick\", expected \
+          an array of strings, the program and its arguments, such as \
+          [\"/usr/local/bin/check\", \"--quick\"]"
+        ]
+    );
+    assert_eq!(
+        cmd("[\"/bin/check\", 5]"),
+        ["t.toml:6:26: `health.command`: invalid type: integer `5`, expected a string"]
+    );
+    assert_eq!(
+        error(&health_with("command = [\"/bin/check\"]")),
+        "t.toml:5:11: health command only applies to exec checks, and this one is tcp; remove \
+         `command` or set type = \"exec\""
+    );
+}
+
+#[test]
+fn keys_of_other_probe_types_are_all_reported() {
+    let text = health_with(
+        "type = \"udp\"\npath = \"/x\"\nhost = \"h\"\nexpect_status = \"x\"\n\
+         command = [\"rel\"]\npayload = \"ok\"",
+    );
+    assert_eq!(
+        errors(&text),
+        [
+            "t.toml:6:8: health path only applies to http checks, and this one is udp; remove \
+             `path` or set type = \"http\"",
+            "t.toml:7:8: health host only applies to http checks, and this one is udp; remove \
+             `host` or set type = \"http\"",
+            "t.toml:8:17: health expect_status only applies to http checks, and this one is udp; \
+             remove `expect_status` or set type = \"http\"",
+            "t.toml:9:11: health command only applies to exec checks, and this one is udp; \
+             remove `command` or set type = \"exec\"",
+        ]
+    );
+    // With an unknown type only the type is wrong; the other keys are checked on their own.
+    assert_eq!(
+        errors(&health_with("type = \"htp\"\npath = \"x\"\nhost = \"a b\"")),
+        [
+            "t.toml:5:8: unknown health check type `htp`; did you mean `http`? (use `tcp`, \
+             `http`, `udp`, `exec` or `none`)",
+            "t.toml:6:8: health path \"x\" must start with \"/\"; write \"/x\"",
+            "t.toml:7:8: health host \"a b\" contains ' ', which cannot go in a Host header; \
+             write only the host name and an optional :PORT, e.g. \"www.example.com\"",
+        ]
+    );
+}
+
+// ---- on_backend_down, health_port ----
+
+#[test]
+fn on_backend_down() {
+    assert_eq!(
+        ok(&service_with("")).services[0].on_backend_down,
+        OnBackendDown::Keep
+    );
+    assert_eq!(
+        ok(&service_with("on_backend_down = \"keep\"")).services[0].on_backend_down,
+        OnBackendDown::Keep
+    );
+    assert_eq!(
+        ok(&service_with("on_backend_down = \"reset\"")).services[0].on_backend_down,
+        OnBackendDown::Reset
+    );
+    assert_eq!(
+        error(&service_with("on_backend_down = \"rest\"")),
+        "t.toml:4:19: unknown on_backend_down `rest`; did you mean `reset`? (use `keep` or \
+         `reset`)"
+    );
+    assert_eq!(
+        error(&service_with("on_backend_down = \"flush\"")),
+        "t.toml:4:19: unknown on_backend_down `flush`; use `keep` or `reset`"
+    );
+}
+
+/// A one-service config with one backend whose table ends with `extra` (line 6 on).
+fn backend_with(health: &str, extra: &str) -> String {
+    format!(
+        "[[service]]\nname = \"web\"\nlisten = \"198.51.100.10:80\"\n{health}\n\
+         [[service.backend]]\naddress = \"10.0.1.11:8080\"\n{extra}\n"
+    )
+}
+
+#[test]
+fn health_port() {
+    let port = |health: &str, extra: &str| {
+        ok(&backend_with(health, extra)).services[0].backends[0].health_port
+    };
+    assert_eq!(port("", ""), None);
+    assert_eq!(port("", "health_port = 8081"), Some(8081));
+    assert_eq!(port("", "health_port = 1"), Some(1));
+    assert_eq!(port("", "health_port = 65535"), Some(65535));
+    for probe in ["http", "udp"] {
+        let health = format!("health = {{ type = \"{probe}\" }}");
+        assert_eq!(port(&health, "health_port = 9000"), Some(9000));
+    }
+    let exec = "health = { type = \"exec\", command = [\"/bin/check\"] }";
+    assert_eq!(port(exec, "health_port = 9000"), Some(9000));
+
+    let text = r#"[[service]]
+name = "web"
+listen = "198.51.100.10:80"
+[[service.backend]]
+address = "10.0.1.11"
+health_port = 0
+[[service.backend]]
+address = "10.0.1.12"
+health_port = 65536
+[[service.backend]]
+address = "10.0.1.13"
+health_port = -1
+"#;
+    assert_eq!(
+        errors(text),
+        [
+            "t.toml:6:15: backend health_port 0 is out of range; use a port from 1 to 65535, or \
+             remove it to probe the backend's own port",
+            "t.toml:9:15: backend health_port 65536 is out of range; use a port from 1 to \
+             65535, or remove it to probe the backend's own port",
+            "t.toml:12:15: backend health_port -1 is out of range; use a port from 1 to 65535, \
+             or remove it to probe the backend's own port",
+        ]
+    );
+    assert_eq!(
+        error(&backend_with(
+            "health = { type = \"none\" }",
+            "health_port = 8081"
+        )),
+        "t.toml:7:15: health_port has no effect without a probe (this service's health type is \
+         none); remove health_port, or set a probe type in [service.health]"
+    );
+    // An unknown type is reported as such, not as a missing probe.
+    assert!(
+        error(&backend_with(
+            "health = { type = \"nope\" }",
+            "health_port = 8081"
+        ))
+        .starts_with("t.toml:4:19: unknown health check type `nope`")
+    );
+    assert_eq!(
+        error(&backend_with("", "health_port = \"8081\"")),
+        "t.toml:7:15: `backend.health_port`: invalid type: string \"8081\", expected an integer"
+    );
+}
+
+#[test]
+fn every_key_is_known_to_schema_dto_and_validation() {
+    let m = ok(r#"
+[[service]]
+name = "web"
+listen = "198.51.100.10:80"
+protocol = "tcp"
+scheduler = "weighted"
+persistence = "30m"
+snat = "masquerade"
+on_all_down = "drop"
+on_backend_down = "reset"
+[service.health]
+type = "http"
+path = "/health"
+host = "www.example.com"
+expect_status = "200,204"
+interval = "1s"
+fast_interval = "200ms"
+timeout = "500ms"
+rise = 3
+fall = 2
+[[service.backend]]
+address = "10.0.1.11:8080"
+weight = 2
+backup = true
+health_port = 8081
+
+[[service]]
+name = "dns"
+listen = "198.51.100.10:53"
+protocol = "udp"
+health = { type = "udp", payload = "ping" }
+backend = [{ address = "10.0.1.12" }]
+
+[[service]]
+name = "app"
+listen = "198.51.100.10:443"
+health = { type = "exec", command = ["/usr/local/bin/check", "--port", "443"] }
+backend = [{ address = "10.0.1.13" }]
+"#);
+    let s = &m.services[0];
+    assert_eq!(s.on_backend_down, OnBackendDown::Reset);
+    assert_eq!(
+        s.health,
+        Health {
+            kind: HealthKind::Http {
+                path: "/health".into(),
+                host: Some("www.example.com".into()),
+                expect_status: vec![(200, 200), (204, 204)],
+            },
+            interval: ms(1000),
+            fast_interval: ms(200),
+            timeout: ms(500),
+            rise: 3,
+            fall: 2,
+        }
+    );
+    assert_eq!(
+        s.backends,
+        [Backend {
+            address: sa("10.0.1.11:8080"),
+            weight: 2,
+            backup: true,
+            health_port: Some(8081),
+        }]
+    );
+    assert_eq!(
+        m.services[1].health.kind,
+        HealthKind::Udp {
+            payload: b"ping".to_vec()
+        }
+    );
+    assert_eq!(
+        m.services[2].health.kind,
+        HealthKind::Exec {
+            command: vec!["/usr/local/bin/check".into(), "--port".into(), "443".into()]
+        }
+    );
+}
+
 #[test]
 fn backend_family_mismatch() {
     let text = r#"[[service]]
@@ -897,8 +1466,8 @@ snat = "masquerade"
             "t.toml:2:1: unknown key `tabel` in [daemon]; did you mean `table`? (valid keys: \
              table, control_socket, state_dir, metrics, keep_rules_on_exit)",
             "t.toml:7:1: unknown key `protcol` in [[service]]; did you mean `protocol`? (valid \
-             keys: name, listen, protocol, scheduler, persistence, snat, on_all_down, health, \
-             backend)",
+             keys: name, listen, protocol, scheduler, persistence, snat, on_all_down, \
+             on_backend_down, health, backend)",
             "t.toml:10:11: backend 10.0.1.11:8080 is IPv4 but the service listens on IPv6 \
              [2001:db8::10]:80; use an IPv6 backend address",
             "t.toml:11:10: backend weight 20000 is out of range; use 0 (drained) to 10000",

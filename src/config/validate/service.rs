@@ -7,19 +7,26 @@ use std::time::Duration;
 use serde_spanned::Spanned;
 
 use super::super::addr::{family, parse_endpoint, parse_socket_addr, unusable};
-use super::super::dto::{BackendDto, HealthDto, ServiceDto};
+use super::super::dto::{Argv, BackendDto, HealthDto, ServiceDto};
 use super::super::duration::format_duration;
 use super::super::error::Diagnostics;
 use super::super::suggest::did_you_mean;
 use super::{FirstSeen, check_name, duration, keyword, required};
 use crate::model::{
-    Backend, Health, HealthKind, MAX_WEIGHT, OnAllDown, Protocol, Scheduler, Service, Snat, Vip,
+    Backend, Health, HealthKind, MAX_WEIGHT, OnAllDown, OnBackendDown, Protocol, Scheduler,
+    Service, Snat, Vip,
 };
 
 const DEFAULT_INTERVAL: Duration = Duration::from_secs(2);
 const DEFAULT_RISE: u32 = 2;
 const DEFAULT_FALL: u32 = 3;
 const DEFAULT_PATH: &str = "/";
+const DEFAULT_EXPECT_STATUS: [(u16, u16); 1] = [(200, 399)];
+/// The floor of the default `fast_interval` (a quarter of the interval).
+const MIN_DEFAULT_FAST_INTERVAL: Duration = Duration::from_millis(100);
+/// A UDP probe payload must fit in one datagram without fragmentation on any usual path: 1400
+/// bytes leaves room for IPv6, UDP and tunnel headers within a 1500-byte MTU.
+const MAX_PAYLOAD: usize = 1400;
 
 /// Consecutive probe results needed to change state; beyond 100 a backend would take minutes to
 /// react at any sensible interval, which is more likely a typo than a wish.
@@ -134,8 +141,26 @@ fn service(dto: &Spanned<ServiceDto>, d: &mut Diagnostics<'_>) -> Checked {
         OnAllDown::Reject,
         d,
     );
-    let health = health(s.health.as_ref(), d);
-    let backends = backends(s, &header, &who, listen.as_ref().map(|l| l.get_ref()), d);
+    let on_backend_down = keyword(
+        &s.on_backend_down,
+        "on_backend_down",
+        &[
+            ("keep", OnBackendDown::Keep),
+            ("reset", OnBackendDown::Reset),
+        ],
+        OnBackendDown::Keep,
+        d,
+    );
+    let probe = probe(s.health.as_ref(), d);
+    let health = health(s.health.as_ref(), probe, d);
+    let backends = backends(
+        s,
+        &header,
+        &who,
+        listen.as_ref().map(|l| l.get_ref()),
+        probe,
+        d,
+    );
 
     let vip = match (&listen, protocol) {
         (Some(l), Some(protocol)) => Some((
@@ -156,6 +181,7 @@ fn service(dto: &Spanned<ServiceDto>, d: &mut Diagnostics<'_>) -> Checked {
             persistence: persistence?,
             snat: snat?,
             on_all_down: on_all_down?,
+            on_backend_down: on_backend_down?,
             health: health?,
             backends: backends?,
         })
@@ -236,78 +262,176 @@ fn snat(
     Some(Snat::Address(ip))
 }
 
-fn health(dto: Option<&HealthDto>, d: &mut Diagnostics<'_>) -> Option<Health> {
-    let default = HealthDto::default();
-    let h = dto.unwrap_or(&default);
+/// The probe types; resolved before the rest of `[service.health]` because backends need it too
+/// (`health_port` means nothing without a probe).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Probe {
+    Tcp,
+    Http,
+    Udp,
+    Exec,
+    None,
+}
 
-    #[derive(Clone, Copy, PartialEq)]
-    enum Type {
-        Tcp,
-        Http,
-        Udp,
-        Exec,
-        None,
+impl Probe {
+    fn name(self) -> &'static str {
+        match self {
+            Probe::Tcp => "tcp",
+            Probe::Http => "http",
+            Probe::Udp => "udp",
+            Probe::Exec => "exec",
+            Probe::None => "none",
+        }
     }
-    let kind = keyword(
+}
+
+/// The health check type; `None` when it is not a known type (reported).
+fn probe(dto: Option<&HealthDto>, d: &mut Diagnostics<'_>) -> Option<Probe> {
+    let Some(h) = dto else {
+        return Some(Probe::Tcp);
+    };
+    keyword(
         &h.kind,
         "health check type",
         &[
-            ("tcp", Type::Tcp),
-            ("http", Type::Http),
-            ("udp", Type::Udp),
-            ("exec", Type::Exec),
-            ("none", Type::None),
+            ("tcp", Probe::Tcp),
+            ("http", Probe::Http),
+            ("udp", Probe::Udp),
+            ("exec", Probe::Exec),
+            ("none", Probe::None),
         ],
-        Type::Tcp,
+        Probe::Tcp,
         d,
-    );
+    )
+}
 
-    let mut path_ok = true;
-    if let Some(p) = &h.path {
-        let text = p.get_ref();
-        let problem = if kind.is_some_and(|k| k != Type::Http) {
-            let type_name = h.kind.as_ref().map_or("tcp", |k| k.get_ref().as_str());
-            Some(format!(
-                "health path only applies to http checks, and this one is {type_name}; remove \
-                 `path` or set type = \"http\""
-            ))
-        } else if !text.starts_with('/') {
-            Some(format!(
-                "health path \"{text}\" must start with \"/\"; write \"/{text}\""
-            ))
-        } else {
-            text.chars()
-                .find(|c| c.is_whitespace() || c.is_control())
-                .map(|bad| {
-                    format!(
-                        "health path \"{text}\" contains {bad:?}, which cannot go in a request \
-                         line; percent-encode it (a space is %20)"
-                    )
-                })
-        };
-        if let Some(problem) = problem {
-            d.error(p.span(), problem);
-            path_ok = false;
+/// Reports a key that only one probe type uses when the check is of another type. A type that
+/// is not known at all has been reported already and says nothing about the key.
+fn only_for<T>(
+    value: &Option<Spanned<T>>,
+    key: &str,
+    wanted: Probe,
+    probe: Option<Probe>,
+    d: &mut Diagnostics<'_>,
+) -> bool {
+    match (value, probe) {
+        (Some(v), Some(actual)) if actual != wanted => {
+            let wanted = wanted.name();
+            d.error(
+                v.span(),
+                format!(
+                    "health {key} only applies to {wanted} checks, and this one is {}; remove \
+                     `{key}` or set type = \"{wanted}\"",
+                    actual.name()
+                ),
+            );
+            false
         }
+        _ => true,
+    }
+}
+
+/// Reports `problem` at `value` if there is one; true when there is none.
+fn check<T>(value: &Spanned<T>, problem: Option<String>, d: &mut Diagnostics<'_>) -> bool {
+    match problem {
+        Some(problem) => {
+            d.error(value.span(), problem);
+            false
+        }
+        None => true,
+    }
+}
+
+fn health(
+    dto: Option<&HealthDto>,
+    probe: Option<Probe>,
+    d: &mut Diagnostics<'_>,
+) -> Option<Health> {
+    let default = HealthDto::default();
+    let h = dto.unwrap_or(&default);
+
+    // Each key is checked on its own, so that one misplaced key does not hide a bad value in
+    // another; a key of one probe type set for another is reported as such and not checked
+    // further.
+    let path_ok = only_for(&h.path, "path", Probe::Http, probe, d)
+        && h.path
+            .as_ref()
+            .is_none_or(|p| check(p, path_problem(p.get_ref()), d));
+    let host_ok = only_for(&h.host, "host", Probe::Http, probe, d)
+        && h.host
+            .as_ref()
+            .is_none_or(|host| check(host, host_problem(host.get_ref()), d));
+    let mut expect_status = None;
+    let status_ok = only_for(&h.expect_status, "expect_status", Probe::Http, probe, d)
+        && h.expect_status
+            .as_ref()
+            .is_none_or(|e| match parse_status(&e.get_ref().0) {
+                Ok(ranges) => {
+                    expect_status = Some(ranges);
+                    true
+                }
+                Err(problem) => check(e, Some(problem), d),
+            });
+    let payload_ok = only_for(&h.payload, "payload", Probe::Udp, probe, d)
+        && h.payload.as_ref().is_none_or(|p| {
+            let len = p.get_ref().len();
+            let problem = (len > MAX_PAYLOAD).then(|| {
+                format!(
+                    "health payload is {len} bytes long; a UDP probe carries at most \
+                     {MAX_PAYLOAD} bytes (to fit in one unfragmented datagram), so shorten it"
+                )
+            });
+            check(p, problem, d)
+        });
+    let argv_ok = only_for(&h.command, "command", Probe::Exec, probe, d)
+        && h.command.as_ref().is_none_or(|c| command_ok(c, d));
+    let mut keys_ok = path_ok && host_ok && status_ok && payload_ok && argv_ok;
+    if probe == Some(Probe::Exec)
+        && h.command.is_none()
+        && let Some(kind) = &h.kind
+    {
+        d.error(
+            kind.span(),
+            "health type \"exec\" needs command = [\"/path/to/check\", ...]",
+        );
+        keys_ok = false;
     }
 
     let interval = duration(&h.interval, "health interval", d);
+    let fast_interval = duration(&h.fast_interval, "health fast_interval", d);
     let timeout = duration(&h.timeout, "health timeout", d);
     let mut timing_ok = true;
-    if let (Some(interval), Some(Some(timeout)), Some(span)) =
-        (interval, timeout, h.timeout.as_ref().map(|t| t.span()))
-    {
+    if let Some(interval) = interval {
         let (interval, note) = match interval {
             Some(i) => (i, ""),
             None => (DEFAULT_INTERVAL, " (the default)"),
         };
-        if timeout > interval {
+        if let (Some(Some(timeout)), Some(span)) = (timeout, h.timeout.as_ref().map(|t| t.span()))
+            && timeout > interval
+        {
             d.error(
                 span,
                 format!(
                     "health timeout {} is longer than the interval {}{note}; a probe must end \
                      before the next starts, so use a timeout of at most {}",
                     format_duration(timeout),
+                    format_duration(interval),
+                    format_duration(interval),
+                ),
+            );
+            timing_ok = false;
+        }
+        if let (Some(Some(fast)), Some(span)) =
+            (fast_interval, h.fast_interval.as_ref().map(|f| f.span()))
+            && fast > interval
+        {
+            d.error(
+                span,
+                format!(
+                    "health fast_interval {} is longer than the interval {}{note}; it is the \
+                     interval while a backend changes state, meant to decide sooner, so use a \
+                     fast_interval of at most {}",
+                    format_duration(fast),
                     format_duration(interval),
                     format_duration(interval),
                 ),
@@ -332,27 +456,210 @@ fn health(dto: Option<&HealthDto>, d: &mut Diagnostics<'_>) -> Option<Health> {
     );
 
     let interval = interval?.unwrap_or(DEFAULT_INTERVAL);
-    let kind = match kind? {
-        Type::Tcp => HealthKind::Tcp,
-        Type::Http => HealthKind::Http {
+    let kind = match probe? {
+        Probe::Tcp => HealthKind::Tcp,
+        Probe::Http => HealthKind::Http {
             path: h
                 .path
                 .as_ref()
                 .map_or(DEFAULT_PATH.to_owned(), |p| p.get_ref().clone()),
+            host: h.host.as_ref().map(|host| host.get_ref().clone()),
+            expect_status: expect_status.unwrap_or_else(|| DEFAULT_EXPECT_STATUS.to_vec()),
         },
-        Type::Udp => HealthKind::Udp,
-        Type::Exec => HealthKind::Exec,
-        Type::None => HealthKind::None,
+        Probe::Udp => HealthKind::Udp {
+            payload: h
+                .payload
+                .as_ref()
+                .map_or_else(Vec::new, |p| p.get_ref().as_bytes().to_vec()),
+        },
+        Probe::Exec => HealthKind::Exec {
+            command: h
+                .command
+                .as_ref()
+                .map(|c| c.get_ref().0.iter().map(|a| a.get_ref().clone()).collect())?,
+        },
+        Probe::None => HealthKind::None,
     };
-    (path_ok && timing_ok).then_some(())?;
+    (keys_ok && timing_ok).then_some(())?;
     Some(Health {
         kind,
         interval,
+        fast_interval: fast_interval?.unwrap_or_else(|| default_fast_interval(interval)),
         // A probe may take up to the whole interval unless told otherwise.
         timeout: timeout?.unwrap_or(interval),
         rise: rise?,
         fall: fall?,
     })
+}
+
+/// A quarter of the interval, so a state change is decided about four times sooner, but no
+/// more often than every 100ms (and never slower than the interval itself).
+fn default_fast_interval(interval: Duration) -> Duration {
+    (interval / 4).max(MIN_DEFAULT_FAST_INTERVAL).min(interval)
+}
+
+/// Operator text for quoting in a message, escaped like a TOML basic string, so that a control
+/// character shows as `\r` instead of breaking the `FILE:LINE:COL: message` line.
+fn esc(text: &str) -> String {
+    text.escape_debug().to_string()
+}
+
+fn path_problem(text: &str) -> Option<String> {
+    if !text.starts_with('/') {
+        let text = esc(text);
+        return Some(format!(
+            "health path \"{text}\" must start with \"/\"; write \"/{text}\""
+        ));
+    }
+    text.chars()
+        .find(|c| c.is_whitespace() || c.is_control())
+        .map(|bad| {
+            format!(
+                "health path \"{}\" contains {bad:?}, which cannot go in a request line; \
+                 percent-encode it (a space is %20)",
+                esc(text)
+            )
+        })
+}
+
+fn host_problem(text: &str) -> Option<String> {
+    if text.is_empty() {
+        return Some(
+            "health host is empty; write the Host header to send, e.g. \"www.example.com\", or \
+             remove `host` to send the backend's IP:PORT"
+                .to_owned(),
+        );
+    }
+    let shown = esc(text);
+    if let Some(bad) = text.chars().find(|c| c.is_whitespace() || c.is_control()) {
+        return Some(format!(
+            "health host \"{shown}\" contains {bad:?}, which cannot go in a Host header; write \
+             only the host name and an optional :PORT, e.g. \"www.example.com\""
+        ));
+    }
+    // `http://example.com/x` is the commonest slip: a URL where only its host belongs.
+    text.contains('/').then(|| {
+        format!(
+            "health host \"{shown}\" contains '/'; write only the host name and an optional \
+             :PORT, e.g. \"www.example.com\" (the request path goes in `path`)"
+        )
+    })
+}
+
+/// `expect_status`: comma-separated codes and inclusive `lo-hi` ranges, as written (in order).
+fn parse_status(text: &str) -> Result<Vec<(u16, u16)>, String> {
+    const EXAMPLE: &str = "e.g. \"200-399\" or \"200,204,301-302\"";
+    if text.trim().is_empty() {
+        return Err(format!(
+            "health expect_status is empty; list the accepted status codes and ranges, {EXAMPLE}"
+        ));
+    }
+    let shown = esc(text);
+    let code = |part: &str| -> Result<u16, String> {
+        let part = part.trim();
+        if !part.chars().all(|c| c.is_ascii_digit()) {
+            // `2xx` is how status classes are usually written; say how to write it here.
+            let class = part.len() == 3
+                && part.starts_with(|c: char| ('1'..='5').contains(&c))
+                && part[1..].eq_ignore_ascii_case("xx");
+            return Err(if class {
+                let first = &part[..1];
+                format!(
+                    "health expect_status \"{shown}\": \"{part}\" is not a status code; write a \
+                     class of codes as a range, \"{first}00-{first}99\""
+                )
+            } else {
+                format!(
+                    "health expect_status \"{shown}\": \"{}\" is not a status code; write codes \
+                     and lo-hi ranges separated by commas, {EXAMPLE}",
+                    esc(part)
+                )
+            });
+        }
+        match part.parse::<u16>() {
+            Ok(n) if (100..=599).contains(&n) => Ok(n),
+            _ => Err(format!(
+                "health expect_status \"{shown}\": {part} is not an HTTP status code; use codes \
+                 from 100 to 599"
+            )),
+        }
+    };
+    text.split(',')
+        .map(|item| {
+            let item = item.trim();
+            if item.is_empty() {
+                return Err(format!(
+                    "health expect_status \"{shown}\" has an empty entry; separate codes and \
+                     ranges with single commas, {EXAMPLE}"
+                ));
+            }
+            let (lo, hi) = match item.split_once('-') {
+                Some((lo, hi)) if lo.trim().is_empty() || hi.trim().is_empty() => {
+                    return Err(format!(
+                        "health expect_status range \"{}\" is missing a code; write both ends, \
+                         e.g. \"200-299\"",
+                        esc(item)
+                    ));
+                }
+                Some((lo, hi)) => (code(lo)?, code(hi)?),
+                None => {
+                    let c = code(item)?;
+                    (c, c)
+                }
+            };
+            if lo > hi {
+                return Err(format!(
+                    "health expect_status range \"{}\" runs backwards; write the lower code \
+                     first: \"{hi}-{lo}\"",
+                    esc(item)
+                ));
+            }
+            Ok((lo, hi))
+        })
+        .collect()
+}
+
+/// `command`: argv for execve, so no shell — the program must be an absolute path.
+fn command_ok(c: &Spanned<Argv>, d: &mut Diagnostics<'_>) -> bool {
+    let Some((program, args)) = c.get_ref().0.split_first() else {
+        d.error(
+            c.span(),
+            "health command is empty; write the program and its arguments, e.g. \
+             command = [\"/usr/local/bin/check\", \"--quick\"]",
+        );
+        return false;
+    };
+    let text = program.get_ref();
+    let problem = if text.is_empty() {
+        Some(
+            "health command program is empty; the first element is the program to run, write \
+             its absolute path, e.g. \"/usr/local/bin/check\""
+                .to_owned(),
+        )
+    } else if !text.starts_with('/') {
+        let base = text.rsplit('/').next().filter(|b| !b.is_empty());
+        Some(format!(
+            "health command program \"{}\" is not an absolute path; write its full path, e.g. \
+             \"/usr/local/bin/{}\" (the command runs without a shell, so PATH is not searched)",
+            esc(text),
+            esc(base.unwrap_or("check"))
+        ))
+    } else {
+        None
+    };
+    let mut ok = check(program, problem, d);
+    // execve takes C strings: a NUL would silently cut the argument short.
+    for arg in std::iter::once(program).chain(args) {
+        if arg.get_ref().contains('\0') {
+            d.error(
+                arg.span(),
+                "health command argument contains a NUL character, which a program argument \
+                 cannot hold; remove it",
+            );
+            ok = false;
+        }
+    }
+    ok
 }
 
 fn count(
@@ -384,6 +691,7 @@ fn backends(
     header: &Range<usize>,
     who: &str,
     vip: Option<&SocketAddr>,
+    probe: Option<Probe>,
     d: &mut Diagnostics<'_>,
 ) -> Option<Vec<Backend>> {
     let list = s.backend.as_deref().unwrap_or_default();
@@ -415,7 +723,7 @@ fn backends(
     let mut seen = FirstSeen::new();
     let mut out = Some(Vec::with_capacity(list.len()));
     for b in list {
-        let backend = backend(b, vip, d);
+        let backend = backend(b, vip, probe, d);
         if let (Some(backend), Some(address)) = (&backend, &b.get_ref().address) {
             let shown = backend.address.to_string();
             if let Some((line, _)) = seen.repeat(backend.address, &address.span(), &shown, d) {
@@ -441,9 +749,38 @@ fn backends(
 fn backend(
     dto: &Spanned<BackendDto>,
     vip: Option<&SocketAddr>,
+    probe: Option<Probe>,
     d: &mut Diagnostics<'_>,
 ) -> Option<Backend> {
     let b = dto.get_ref();
+    let health_port = match &b.health_port {
+        None => Some(None),
+        Some(p) => match u16::try_from(*p.get_ref()) {
+            Ok(port) if port != 0 => {
+                if probe == Some(Probe::None) {
+                    d.error(
+                        p.span(),
+                        "health_port has no effect without a probe (this service's health type \
+                         is none); remove health_port, or set a probe type in [service.health]",
+                    );
+                    None
+                } else {
+                    Some(Some(port))
+                }
+            }
+            _ => {
+                d.error(
+                    p.span(),
+                    format!(
+                        "backend health_port {} is out of range; use a port from 1 to 65535, or \
+                         remove it to probe the backend's own port",
+                        p.get_ref()
+                    ),
+                );
+                None
+            }
+        },
+    };
     let weight = match &b.weight {
         None => Some(1),
         Some(w) => match u32::try_from(*w.get_ref()) {
@@ -513,5 +850,6 @@ fn backend(
         address,
         weight: weight?,
         backup: b.backup.unwrap_or(false),
+        health_port: health_port?,
     })
 }

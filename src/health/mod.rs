@@ -1,0 +1,12 @@
+//! Health: probes, their hysteresis, and the engine that runs them. The daemon turns the
+//! engine's reports into element deltas (see `render::service_elements`).
+
+pub mod board;
+pub mod engine;
+pub mod probe;
+pub mod state;
+pub mod store;
+
+pub use board::Board;
+pub use engine::{BackendKey, Engine, Report};
+pub use state::State;

@@ -1,0 +1,149 @@
+//! A lab with natlb running in its gateway: shared by the end-to-end test files.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::lab::{self, Lab, LabOptions, Process, ServerHandle, Signal};
+
+pub const NATLB: &str = env!("CARGO_BIN_EXE_natlb");
+pub const T: Duration = Duration::from_secs(2);
+
+pub struct Gateway {
+    // Field order is drop order: natlb and the servers go before their namespaces.
+    pub natlb: Option<Process>,
+    /// The TCP (port 8080) and UDP (port 5353) server of each backend, by backend index.
+    pub servers: Vec<(Option<ServerHandle>, Option<ServerHandle>)>,
+    pub config: PathBuf,
+    pub lab: Lab,
+}
+
+impl Gateway {
+    /// A lab with 3 backends, each serving TCP 8080 and UDP 5353 as "be{i}", and natlb
+    /// running with the config `config(lab dir)`.
+    pub fn new(config: impl Fn(&Path) -> String) -> Gateway {
+        let lab = Lab::new(LabOptions { backends: 3 });
+        let servers = (0..3)
+            .map(|i| {
+                (
+                    Some(lab.start_tcp_server(i, 8080, &format!("be{i}"))),
+                    Some(lab.start_udp_server(i, 5353, &format!("be{i}"))),
+                )
+            })
+            .collect();
+        let config = lab.write_file("natlb.toml", &config(lab.dir()));
+        let mut g = Gateway {
+            natlb: None,
+            servers,
+            config,
+            lab,
+        };
+        g.start();
+        g
+    }
+
+    /// Stops backend `i`'s TCP server: connections to it are refused.
+    pub fn stop_tcp(&mut self, i: usize) {
+        self.servers[i].0 = None;
+    }
+
+    pub fn start_tcp(&mut self, i: usize) {
+        self.servers[i].0 = Some(self.lab.start_tcp_server(i, 8080, &format!("be{i}")));
+    }
+
+    /// Waits until natlb's log holds `needle` `count` times or more.
+    pub fn wait_log(&self, needle: &str, count: usize, timeout: Duration) -> bool {
+        lab::wait_until(timeout, Duration::from_millis(20), || {
+            self.log().matches(needle).count() >= count
+        })
+    }
+
+    /// Starts `natlb run` and waits until it says it runs.
+    pub fn start(&mut self) {
+        let p = self.lab.spawn_in(
+            self.lab.gateway_ns(),
+            &[NATLB, "run", "-c", self.config.to_str().unwrap()],
+        );
+        let up = lab::wait_until(Duration::from_secs(10), Duration::from_millis(20), || {
+            p.stderr_text().contains("natlb is running")
+        });
+        assert!(up, "natlb did not start:\n{}", p.stderr_text());
+        self.natlb = Some(p);
+    }
+
+    pub fn log(&self) -> String {
+        self.natlb.as_ref().unwrap().stderr_text()
+    }
+
+    /// `nft list table inet natlb`, with counter values blanked: traffic changes those.
+    pub fn table(&self) -> String {
+        let listing = self.lab.exec_ok(
+            self.lab.gateway_ns(),
+            &["nft", "list", "table", "inet", "natlb"],
+        );
+        blank_counters(&listing)
+    }
+
+    /// Rewrites the config, sends SIGHUP and waits for the log line that ends the reload.
+    pub fn reload(&self, text: &str, expect: &str) {
+        let before = self.log().matches(expect).count();
+        std::fs::write(&self.config, text).unwrap();
+        self.natlb.as_ref().unwrap().signal(Signal::SIGHUP);
+        let done = lab::wait_until(Duration::from_secs(10), Duration::from_millis(20), || {
+            self.log().matches(expect).count() > before
+        });
+        assert!(done, "no {expect:?} after SIGHUP:\n{}", self.log());
+    }
+
+    /// Opens `n` new TCP connections to `vip` and counts the answers per backend id.
+    pub fn tcp_shares(&self, vip: &str, n: usize) -> HashMap<String, usize> {
+        let vip: SocketAddr = vip.parse().unwrap();
+        self.lab.in_client(|| {
+            let mut counts = HashMap::new();
+            for _ in 0..n {
+                let line =
+                    lab::tcp_request(vip, T).unwrap_or_else(|e| panic!("TCP to {vip} failed: {e}"));
+                let (id, _) = lab::parse_reply(&line).unwrap();
+                *counts.entry(id).or_insert(0) += 1;
+            }
+            counts
+        })
+    }
+
+    /// The source address the backend saw for one connection to `vip`.
+    pub fn peer_seen(&self, vip: &str) -> IpAddr {
+        let line = self.lab.tcp_request(vip.parse().unwrap(), T).unwrap();
+        lab::parse_reply(&line).unwrap().1.ip()
+    }
+}
+
+pub fn blank_counters(listing: &str) -> String {
+    let mut out = Vec::new();
+    let mut words = listing.split(' ').peekable();
+    while let Some(w) = words.next() {
+        out.push(w.to_string());
+        if (w == "packets" || w == "bytes")
+            && let Some(n) = words.next()
+        {
+            let digits = n.trim_end_matches(|c: char| !c.is_ascii_digit()).len();
+            out.push(format!("N{}", &n[digits..]));
+        }
+    }
+    out.join(" ")
+}
+
+/// Asserts two listings are equal, printing only the lines that differ.
+pub fn assert_same_table(a: &str, b: &str) {
+    if a != b {
+        let only_a: Vec<_> = a.lines().filter(|l| !b.contains(l)).collect();
+        let only_b: Vec<_> = b.lines().filter(|l| !a.contains(l)).collect();
+        panic!("tables differ\nonly before: {only_a:#?}\nonly after: {only_b:#?}");
+    }
+}
+
+pub fn share(counts: &HashMap<String, usize>, id: &str) -> f64 {
+    let total: usize = counts.values().sum();
+    *counts.get(id).unwrap_or(&0) as f64 / total as f64
+}

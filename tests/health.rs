@@ -1,0 +1,138 @@
+//! Health probes end to end: natlb withdraws a failed backend's share and restores it, a
+//! backup takes over when every primary is down, and backend states survive a restart.
+//!
+//! The time bounds are the probe windows plus generous slack (probes at 200 ms, fall 3 / rise
+//! 2): they check that withdrawal happens within the configured window, not how fast a machine
+//! is.
+
+mod gateway;
+mod lab;
+
+use std::path::Path;
+use std::time::Duration;
+
+use gateway::{Gateway, T};
+
+fn config(dir: &Path) -> String {
+    format!(
+        r#"
+[daemon]
+state_dir = "{dir}/state"
+control_socket = "{dir}/control.sock"
+
+[[service]]
+name = "web"
+listen = "203.0.113.10:80"
+
+[service.health]
+type = "tcp"
+interval = "200ms"
+fast_interval = "100ms"
+rise = 2
+fall = 3
+
+[[service.backend]]
+address = "192.0.2.11:8080"
+
+[[service.backend]]
+address = "192.0.2.12:8080"
+
+[[service.backend]]
+address = "192.0.2.13:8080"
+backup = true
+"#,
+        dir = dir.display()
+    )
+}
+
+/// fall x interval, with slack for a loaded machine.
+const WITHDRAW_WITHIN: Duration = Duration::from_secs(5);
+
+#[test]
+fn a_dead_backend_is_withdrawn_and_restored_and_the_backup_takes_over() {
+    let mut g = Gateway::new(config);
+    let counts = g.tcp_shares("203.0.113.10:80", 60);
+    assert!(
+        counts.contains_key("be0") && counts.contains_key("be1"),
+        "{counts:?}"
+    );
+
+    // A connection established on be0 before anything happens.
+    let (mut held, first) = loop {
+        let (c, line) = g
+            .lab
+            .tcp_connect("203.0.113.10:80".parse().unwrap(), T)
+            .unwrap();
+        if line.starts_with("be0") {
+            break (c, line);
+        }
+    };
+    assert!(first.starts_with("be0"));
+
+    // be1 dies: withdrawn within the fall window, no new connection reaches it.
+    g.stop_tcp(1);
+    assert!(
+        g.wait_log("backend DOWN", 1, WITHDRAW_WITHIN),
+        "be1 not withdrawn:\n{}",
+        g.log()
+    );
+    assert!(g.log().contains("192.0.2.12:8080"), "{}", g.log());
+    let counts = g.tcp_shares("203.0.113.10:80", 60);
+    assert_eq!(counts.get("be0"), Some(&60), "{counts:?}");
+    let table = g.table();
+    assert!(
+        !table.contains("comment \"web 192.0.2.12:8080\""),
+        "{table}"
+    );
+
+    // The connection on be0 is untouched.
+    use std::io::{Read, Write};
+    held.write_all(b"ping\n").unwrap();
+    let mut buf = [0u8; 16];
+    let n = held.read(&mut buf).unwrap();
+    assert_eq!(&buf[..n], b"ping\n");
+
+    // be1 comes back: restored after rise successes.
+    g.start_tcp(1);
+    assert!(g.wait_log("backend UP", 1, WITHDRAW_WITHIN), "{}", g.log());
+    let counts = g.tcp_shares("203.0.113.10:80", 60);
+    assert!(counts.contains_key("be1"), "{counts:?}");
+
+    // Both primaries die: the backup serves.
+    g.stop_tcp(0);
+    g.stop_tcp(1);
+    assert!(
+        g.wait_log("backend DOWN", 3, WITHDRAW_WITHIN),
+        "{}",
+        g.log()
+    );
+    let counts = g.tcp_shares("203.0.113.10:80", 20);
+    assert_eq!(counts.get("be2"), Some(&20), "{counts:?}");
+    assert!(g.log().contains("health change committed in one batch"));
+}
+
+#[test]
+fn backend_states_survive_a_restart() {
+    let mut g = Gateway::new(config);
+    g.stop_tcp(1);
+    assert!(
+        g.wait_log("backend DOWN", 1, WITHDRAW_WITHIN),
+        "{}",
+        g.log()
+    );
+    let state = std::fs::read_to_string(g.lab.dir().join("state/health.state")).unwrap();
+    assert!(state.contains("down\tweb\t192.0.2.12:8080"), "{state}");
+
+    // Restarted, natlb installs nothing for be1 before any probe: the table it finds is adopted
+    // as it is, and no connection goes to the dead backend.
+    g.natlb.as_mut().unwrap().stop(Duration::from_secs(5));
+    g.start();
+    assert!(
+        g.log()
+            .contains("adopted the installed table: it is already as configured"),
+        "{}",
+        g.log()
+    );
+    let counts = g.tcp_shares("203.0.113.10:80", 40);
+    assert_eq!(counts.get("be0"), Some(&40), "{counts:?}");
+}
