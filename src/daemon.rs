@@ -174,15 +174,19 @@ impl Daemon {
         };
         let decided = reports.iter().map(|r| r.decided_at).min();
         for r in &reports {
-            let verb = match r.transition.to {
-                State::Down => "DOWN",
-                _ => "UP",
+            let t = r.transition;
+            let what = match (t.from, t.to) {
+                (State::Unknown, State::Up) => "backend up at its first probe".to_string(),
+                (State::Unknown, _) => "backend DOWN at its first probe; withdrawn".to_string(),
+                (_, State::Down) => {
+                    format!("backend DOWN after {} failed probe(s); withdrawn", t.after)
+                }
+                _ => format!("backend UP after {} passed probe(s); restored", t.after),
             };
             info!(
                 service = %r.key.service,
                 backend = %r.key.backend,
-                "backend {verb} after {} probe(s): {}",
-                r.transition.after,
+                "{what}: {}",
                 r.outcome.detail
             );
         }

@@ -109,6 +109,91 @@ fn a_dead_backend_is_withdrawn_and_restored_and_the_backup_takes_over() {
     let counts = g.tcp_shares("203.0.113.10:80", 20);
     assert_eq!(counts.get("be2"), Some(&20), "{counts:?}");
     assert!(g.log().contains("health change committed in one batch"));
+
+    // Everything down: the client is refused at once (TCP reset), not left to time out.
+    g.stop_tcp(2);
+    assert!(
+        g.wait_log("backend DOWN", 4, WITHDRAW_WITHIN),
+        "{}",
+        g.log()
+    );
+    assert!(
+        g.log().contains("no backend of service web is up"),
+        "{}",
+        g.log()
+    );
+    let started = std::time::Instant::now();
+    let err = g
+        .lab
+        .tcp_request("203.0.113.10:80".parse().unwrap(), Duration::from_secs(5))
+        .unwrap_err();
+    assert_eq!(err.kind(), std::io::ErrorKind::ConnectionRefused, "{err}");
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "not refused promptly"
+    );
+    assert!(
+        g.table()
+            .contains("203.0.113.10 . tcp . 80 comment \"web\"")
+    );
+
+    // And back: one backend returns, the VIP serves again.
+    g.start_tcp(0);
+    assert!(g.wait_log("backend UP", 2, WITHDRAW_WITHIN), "{}", g.log());
+    let counts = g.tcp_shares("203.0.113.10:80", 10);
+    assert_eq!(counts.get("be0"), Some(&10), "{counts:?}");
+}
+
+#[test]
+fn an_all_down_udp_service_answers_port_unreachable_or_drops() {
+    let g = Gateway::new(|dir| {
+        format!(
+            r#"
+[daemon]
+state_dir = "{dir}/state"
+control_socket = "{dir}/control.sock"
+
+[[service]]
+name = "refuse"
+listen = "203.0.113.20:53"
+protocol = "udp"
+
+[[service.backend]]
+address = "192.0.2.11:5353"
+weight = 0
+
+[[service]]
+name = "silent"
+listen = "203.0.113.21:53"
+protocol = "udp"
+on_all_down = "drop"
+
+[[service.backend]]
+address = "192.0.2.11:5353"
+weight = 0
+"#,
+            dir = dir.display()
+        )
+    });
+    let err = g
+        .lab
+        .udp_request("203.0.113.20:53".parse().unwrap(), Duration::from_secs(2))
+        .unwrap_err();
+    assert_eq!(err.kind(), std::io::ErrorKind::ConnectionRefused, "{err}");
+    let err = g
+        .lab
+        .udp_request(
+            "203.0.113.21:53".parse().unwrap(),
+            Duration::from_millis(500),
+        )
+        .unwrap_err();
+    assert!(
+        matches!(
+            err.kind(),
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+        ),
+        "dropped, so no answer at all: {err}"
+    );
 }
 
 #[test]

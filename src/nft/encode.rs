@@ -13,8 +13,8 @@ use nftnl_sys as sys;
 
 use super::udata;
 use crate::render::ruleset::{
-    ChainSpec, CmpOp, Entry, Expr, Hook, NatKind, SetSpec, Value, concat_datatype, concat_len,
-    encode_values,
+    ChainKind, ChainSpec, CmpOp, Entry, Expr, Family, Hook, NatKind, SetSpec, Value,
+    concat_datatype, concat_len, encode_values,
 };
 
 const NFPROTO_INET: u16 = libc::NFPROTO_INET as u16;
@@ -123,7 +123,11 @@ impl ChainMsg {
             sys::nftnl_chain_set_u32(p, sys::NFTNL_CHAIN_FAMILY as u16, u32::from(NFPROTO_INET));
             sys::nftnl_chain_set_u32(p, sys::NFTNL_CHAIN_HOOKNUM as u16, hook);
             sys::nftnl_chain_set_s32(p, sys::NFTNL_CHAIN_PRIO as u16, spec.priority);
-            sys::nftnl_chain_set_str(p, sys::NFTNL_CHAIN_TYPE as u16, c"nat".as_ptr());
+            let kind = match spec.kind {
+                ChainKind::Nat => c"nat",
+                ChainKind::Filter => c"filter",
+            };
+            sys::nftnl_chain_set_str(p, sys::NFTNL_CHAIN_TYPE as u16, kind.as_ptr());
             sys::nftnl_chain_set_u32(p, sys::NFTNL_CHAIN_POLICY as u16, libc::NF_ACCEPT as u32);
             ChainMsg { chain: c }
         }
@@ -554,6 +558,32 @@ fn build_expr(e: &Expr, set_id: &impl Fn(&str) -> u32) -> NonNull<sys::nftnl_exp
                 x
             }
             Expr::Masquerade => expr_alloc(c"masq"),
+            Expr::Reject { tcp_reset, family } => {
+                let x = expr_alloc(c"reject");
+                let (ty, code) = match (tcp_reset, family) {
+                    (true, _) => (libc::NFT_REJECT_TCP_RST, 0),
+                    // ICMP_PORT_UNREACH / ICMPV6_PORT_UNREACH
+                    (false, Family::V4) => (libc::NFT_REJECT_ICMP_UNREACH, 3),
+                    (false, Family::V6) => (libc::NFT_REJECT_ICMP_UNREACH, 4),
+                };
+                set_u32(x.as_ptr(), sys::NFTNL_EXPR_REJECT_TYPE as u16, ty as u32);
+                set_u8(x.as_ptr(), sys::NFTNL_EXPR_REJECT_CODE as u16, code);
+                x
+            }
+            Expr::Drop => {
+                let x = expr_alloc(c"immediate");
+                set_u32(
+                    x.as_ptr(),
+                    sys::NFTNL_EXPR_IMM_DREG as u16,
+                    libc::NFT_REG_VERDICT as u32,
+                );
+                set_u32(
+                    x.as_ptr(),
+                    sys::NFTNL_EXPR_IMM_VERDICT as u16,
+                    libc::NF_DROP as u32,
+                );
+                x
+            }
         }
     }
 }

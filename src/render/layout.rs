@@ -4,8 +4,10 @@
 //! objects as data for the netlink encoder. A test installs both and compares `nft list table`,
 //! so the two can never drift apart.
 
-use super::ruleset::{ChainSpec, CmpOp, Expr, Family, Field, Hook, NatKind, RuleSpec, SetSpec};
-use crate::model::Protocol;
+use super::ruleset::{
+    ChainKind, ChainSpec, CmpOp, Expr, Family, Field, Hook, NatKind, RuleSpec, SetSpec,
+};
+use crate::model::{OnAllDown, Protocol};
 
 /// The slot-table sizes a service can use. Each size costs one rule per family and hook, and a
 /// new connection walks these rules until its service's size matches (set lookups, first packet
@@ -54,6 +56,14 @@ pub fn snat_masq_set_name(f: Family) -> String {
 
 pub fn snat_addr_map_name(f: Family) -> String {
     format!("snat_addr{}", f.digit())
+}
+
+/// The set of services with no backend up, whose new connections are refused or dropped.
+pub fn all_down_set_name(f: Family, action: OnAllDown) -> String {
+    match action {
+        OnAllDown::Reject => format!("down_reject{}", f.digit()),
+        OnAllDown::Drop => format!("down_drop{}", f.digit()),
+    }
 }
 
 fn family_name(f: Family) -> &'static str {
@@ -116,6 +126,30 @@ pub fn sets() -> Vec<SetSpec> {
     }
     for f in FAMILIES {
         out.push(SetSpec {
+            name: all_down_set_name(f, OnAllDown::Reject),
+            key: vip_key(f),
+            data: vec![],
+            counter: false,
+            comment: format!(
+                "{} services with no backend up: new connections are refused",
+                family_name(f)
+            ),
+        });
+    }
+    for f in FAMILIES {
+        out.push(SetSpec {
+            name: all_down_set_name(f, OnAllDown::Drop),
+            key: vip_key(f),
+            data: vec![],
+            counter: false,
+            comment: format!(
+                "{} services with no backend up: new connections are dropped",
+                family_name(f)
+            ),
+        });
+    }
+    for f in FAMILIES {
+        out.push(SetSpec {
             name: snat_addr_map_name(f),
             key: vip_key(f),
             data: vec![Field::Saddr(f)],
@@ -142,25 +176,104 @@ pub fn chains() -> Vec<ChainSpec> {
             }
         }
     }
+    let down_rules: Vec<RuleSpec> = FAMILIES.iter().flat_map(|&f| all_down_rules(f)).collect();
     vec![
         ChainSpec {
             name: "prerouting".into(),
+            kind: ChainKind::Nat,
             hook: Hook::Prerouting,
             priority: libc::NF_IP_PRI_NAT_DST,
             rules: dnat_rules.clone(),
         },
         ChainSpec {
             name: "output".into(),
+            kind: ChainKind::Nat,
             hook: Hook::Output,
             priority: libc::NF_IP_PRI_NAT_DST,
             rules: dnat_rules,
         },
         ChainSpec {
             name: "postrouting".into(),
+            kind: ChainKind::Nat,
             hook: Hook::Postrouting,
             priority: libc::NF_IP_PRI_NAT_SRC,
             rules: snat_rules,
         },
+        ChainSpec {
+            name: "all_down".into(),
+            kind: ChainKind::Filter,
+            hook: Hook::Prerouting,
+            priority: FILTER_AFTER_DNAT,
+            rules: down_rules.clone(),
+        },
+        ChainSpec {
+            name: "all_down_output".into(),
+            kind: ChainKind::Filter,
+            hook: Hook::Output,
+            priority: FILTER_AFTER_DNAT,
+            rules: down_rules,
+        },
+    ]
+}
+
+/// Just after DNAT: a packet that still has a VIP as its destination found no backend.
+const FILTER_AFTER_DNAT: i32 = libc::NF_IP_PRI_NAT_DST + 10;
+
+/// For services with no backend up: `reject with tcp reset` for TCP, `reject` (ICMP port
+/// unreachable) for the rest, or `drop`.
+fn all_down_rules(f: Family) -> Vec<RuleSpec> {
+    let guarded = |tcp_only: bool, set: String, verdict: Expr| {
+        let mut e = Vec::new();
+        if tcp_only {
+            e.push(Expr::Meta {
+                key: libc::NFT_META_L4PROTO as u32,
+                dreg: REG1,
+            });
+            e.push(Expr::Cmp {
+                sreg: REG1,
+                op: CmpOp::Eq,
+                data: vec![Protocol::Tcp.number()],
+            });
+        }
+        e.push(Expr::Meta {
+            key: libc::NFT_META_NFPROTO as u32,
+            dreg: REG1,
+        });
+        e.push(Expr::Cmp {
+            sreg: REG1,
+            op: CmpOp::Eq,
+            data: vec![f.nfproto()],
+        });
+        load_vip_key(f, false, &mut e);
+        e.push(Expr::Lookup {
+            sreg: REG1,
+            set,
+            dreg: None,
+        });
+        e.push(verdict);
+        RuleSpec {
+            exprs: e,
+            comment: String::new(),
+        }
+    };
+    vec![
+        guarded(
+            true,
+            all_down_set_name(f, OnAllDown::Reject),
+            Expr::Reject {
+                tcp_reset: true,
+                family: f,
+            },
+        ),
+        guarded(
+            false,
+            all_down_set_name(f, OnAllDown::Reject),
+            Expr::Reject {
+                tcp_reset: false,
+                family: f,
+            },
+        ),
+        guarded(false, all_down_set_name(f, OnAllDown::Drop), Expr::Drop),
     ]
 }
 

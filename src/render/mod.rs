@@ -107,6 +107,14 @@ fn add_service_elements(
                 format!("{} {}", service.name, backend.address),
             );
         }
+    } else {
+        // No backend up: new connections fail at once instead of going nowhere.
+        put(
+            layout::all_down_set_name(family, service.on_all_down),
+            vip_key.clone(),
+            vec![],
+            service.name.clone(),
+        );
     }
 
     match service.snat {

@@ -255,6 +255,13 @@ pub enum Expr {
         proto_reg: Option<u32>,
     },
     Masquerade,
+    /// `reject with tcp reset` (`tcp_reset`) or `reject with icmp(v6) port-unreachable`.
+    Reject {
+        tcp_reset: bool,
+        family: Family,
+    },
+    /// The `drop` verdict.
+    Drop,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -282,11 +289,18 @@ pub enum Hook {
     Postrouting,
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChainKind {
+    Nat,
+    Filter,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ChainSpec {
     pub name: String,
+    pub kind: ChainKind,
     pub hook: Hook,
-    /// `dstnat` = -100, `srcnat` = 100.
+    /// `dstnat` = -100, `srcnat` = 100; the filter chains run just after DNAT (-90).
     pub priority: i32,
     pub rules: Vec<RuleSpec>,
 }
