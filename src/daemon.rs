@@ -34,6 +34,8 @@ pub enum DaemonError {
     Nft(#[from] NftError),
     #[error("cannot install signal handlers: {0}")]
     Signals(std::io::Error),
+    #[error("{0}")]
+    Refused(String),
 }
 
 /// The daemon's state: the config, what the probes say, and the ruleset it last committed.
@@ -77,6 +79,56 @@ fn element_changes(deltas: &[SetDelta]) -> usize {
     deltas.iter().map(|d| d.add.len() + d.remove.len()).sum()
 }
 
+/// Reads natlb's table from the kernel and commits what makes it `want` in one batch, removing
+/// `previous` in the same batch if natlb owned a table of that other name. `Ok(None)`: nothing
+/// needed changing. Refuses to touch a table under natlb's name that natlb did not create.
+fn sync_table(
+    nft: &mut Nft,
+    want: &Ruleset,
+    previous: Option<&str>,
+) -> Result<Option<CommitStats>, DaemonError> {
+    let found = nft.read_installed(want)?;
+    let plan = reconcile::adopt(&found, want);
+    match &plan {
+        Plan::Refuse { reason } => return Err(DaemonError::Refused(reason.clone())),
+        Plan::Nothing => {
+            info!(table = %want.table, "adopted the installed table: it is already as configured")
+        }
+        Plan::Replace { reason } => {
+            info!(table = %want.table, "installing the whole table: {reason}")
+        }
+        Plan::Deltas(d) => {
+            info!(table = %want.table, sets = d.len(), "adopted the installed table; applying the differences")
+        }
+    }
+    let mut old = None;
+    if let Some(p) = previous.filter(|&p| p != want.table) {
+        match nft.table_comment(p)? {
+            Some(c) if c.starts_with(crate::nft::COMMENT_PREFIX) => {
+                info!(old = p, "removing natlb's table of its previous name");
+                old = Some(p);
+            }
+            Some(_) => warn!("table inet {p} was natlb's once but is not any more; left alone"),
+            None => {}
+        }
+    }
+    let changes = plan.changes(want, old);
+    if changes.is_empty() {
+        return Ok(None);
+    }
+    Ok(Some(nft.apply(&changes)?))
+}
+
+/// Records the table natlb owns now, for the next start.
+fn remember_table(model: &Model, table: &str) {
+    if let Err(e) = crate::state_dir::save_table(&model.daemon.state_dir, table) {
+        warn!(
+            "cannot record the table name in {}: {e}",
+            crate::state_dir::table_path(&model.daemon.state_dir).display()
+        );
+    }
+}
+
 impl Daemon {
     fn start(
         config_path: &Path,
@@ -94,21 +146,11 @@ impl Daemon {
         let board = Board::new(&saved, &model);
         let want = render::render(&model, |s, b| board.is_up(s, b));
         let mut nft = Nft::open()?;
-        let found = nft.read_installed(&want)?;
-        let plan = reconcile::adopt(&found, &want);
-        match &plan {
-            Plan::Nothing => {
-                info!(table = %want.table, "adopted the installed table: it is already as configured")
-            }
-            Plan::Replace { reason } => {
-                info!(table = %want.table, "installing the whole table: {reason}")
-            }
-            Plan::Deltas(d) => {
-                info!(table = %want.table, sets = d.len(), "adopted the installed table; applying the differences")
-            }
-        }
-        if plan != Plan::Nothing {
-            let stats = nft.apply(&plan.changes(&want, None))?;
+        // A table natlb owned under another name (renamed while natlb was stopped) goes in the
+        // same batch, so two tables never compete for the VIPs.
+        let previous = crate::state_dir::load_table(&model.daemon.state_dir);
+        let stats = sync_table(&mut nft, &want, previous.as_deref())?;
+        if let Some(stats) = stats {
             info!(
                 table = %want.table,
                 messages = stats.messages,
@@ -119,6 +161,7 @@ impl Daemon {
                 summary(&want, &model)
             );
         }
+        remember_table(&model, &want.table);
         let mut engine = Engine::new(reports);
         engine.sync(&model.services, |k| board.state(&k.service, k.backend));
         if engine.probed() > 0 {
@@ -253,48 +296,31 @@ impl Daemon {
             }
         };
         warn_unsupported(&model);
-        self.board.retain(&model);
-        let want = render::render(&model, |s, b| self.board.is_up(s, b));
-        let plan = reconcile::plan(&self.installed, &want);
-        if let Plan::Replace { reason } = &plan {
-            info!(table = %want.table, "reload replaces the whole table: {reason}");
-        }
-        let result = if plan == Plan::Nothing {
-            info!("reload: the ruleset stays as it is");
-            Ok(None)
-        } else {
-            let changes = plan.changes(&want, Some(&self.installed.table));
-            match self.nft.apply(&changes) {
-                Err(NftError::Rejected(errors)) => {
-                    warn!(
-                        "the batch was refused ({}); re-reading table inet {} and retrying once",
-                        errors[0], want.table
-                    );
-                    self.resync(&want).map(Some)
-                }
-                other => other.map(Some),
-            }
-        };
-        match result {
+        // A copy: if the reload fails, the old states stay in force with the old model.
+        let mut board = self.board.clone();
+        board.retain(&model);
+        let want = render::render(&model, |s, b| board.is_up(s, b));
+        // Read the kernel's table again rather than trusting natlb's record: someone may have
+        // changed it, or flushed the ruleset, since natlb last committed.
+        match sync_table(&mut self.nft, &want, Some(&self.installed.table)) {
             Ok(stats) => {
                 if let Some(stats) = stats {
-                    let elements = match &plan {
-                        Plan::Deltas(d) => element_changes(d),
-                        _ => want.element_count(),
-                    };
                     info!(
                         table = %want.table,
-                        elements_changed = elements,
+                        messages = stats.messages,
                         kernel_ms = stats.kernel.as_secs_f64() * 1e3,
                         "reload applied in one batch: {}",
                         summary(&want, &model)
                     );
+                } else {
+                    info!("reload: the ruleset stays as it is");
                 }
+                remember_table(&model, &want.table);
                 self.installed = want;
                 self.index = index(&model);
-                let board = &self.board;
                 self.engine
                     .sync(&model.services, |k| board.state(&k.service, k.backend));
+                self.board = board;
                 self.model = model;
             }
             Err(e) => error!("reload failed, the running ruleset is unchanged: {e}"),

@@ -12,4 +12,5 @@ pub mod model;
 pub mod nft;
 pub mod reconcile;
 pub mod render;
+pub mod state_dir;
 pub mod support;

@@ -15,6 +15,8 @@ pub enum Plan {
     Replace { reason: String },
     /// Element deltas only: the cost grows with what changed.
     Deltas(Vec<SetDelta>),
+    /// Touch nothing: the table under natlb's name is not natlb's.
+    Refuse { reason: String },
 }
 
 impl Plan {
@@ -25,11 +27,14 @@ impl Plan {
         old_table: Option<&'a str>,
     ) -> Vec<Change<'a>> {
         let mut out = Vec::new();
+        if let Plan::Refuse { .. } = self {
+            return out;
+        }
         if let Some(old) = old_table.filter(|&t| t != desired.table) {
             out.push(Change::DropTable(old));
         }
         match self {
-            Plan::Nothing => {}
+            Plan::Nothing | Plan::Refuse { .. } => {}
             Plan::Replace { .. } => {
                 out.push(Change::DropTable(&desired.table));
                 out.push(Change::CreateTable(desired));
@@ -48,6 +53,14 @@ pub fn adopt(installed: &Installed, desired: &Ruleset) -> Plan {
     match installed {
         Installed::Absent => Plan::Replace {
             reason: format!("table inet {} does not exist yet", desired.table),
+        },
+        Installed::NotNatlb { comment } => Plan::Refuse {
+            reason: format!(
+                "table inet {} exists and natlb did not create it (its comment is {comment:?}); \
+                 natlb never changes another table: set daemon.table to another name, or \
+                 delete that table yourself if it is an old natlb's",
+                desired.table
+            ),
         },
         Installed::Foreign { reason } => Plan::Replace {
             reason: format!("table inet {} cannot be adopted: {reason}", desired.table),

@@ -264,16 +264,75 @@ fn a_reload_after_a_hand_edit_resynchronises() {
             )
             .is_err()
     );
-    // ...then a reload whose delta would delete it again: natlb re-reads the table and applies
-    // the difference from what is really installed.
+    // ...then a reload: natlb re-reads the table and applies the difference from what is
+    // really installed, not from what it last wrote.
     g.reload(
         &config(g.lab.dir(), 1, 1, true),
         "reload applied in one batch",
     );
-    assert!(g.log().contains("retrying once"), "{}", g.log());
     let counts = g.tcp_shares("203.0.113.10:80", 60);
     assert!(
         counts.contains_key("be0") && counts.contains_key("be1"),
         "{counts:?}"
     );
+}
+
+#[test]
+fn a_restart_repairs_rules_changed_by_hand() {
+    let mut g = Gateway::new(|d| config(d, 1, 1, true));
+    let before = g.table();
+    g.natlb.as_mut().unwrap().stop(Duration::from_secs(5));
+    g.lab.exec_ok(
+        g.lab.gateway_ns(),
+        &["nft", "flush", "chain", "inet", "natlb", "prerouting"],
+    );
+    g.start();
+    assert!(g.log().contains("its rules differ"), "{}", g.log());
+    assert_same_table(&g.table(), &before);
+    let counts = g.tcp_shares("203.0.113.10:80", 20);
+    assert_eq!(counts.values().sum::<usize>(), 20);
+}
+
+#[test]
+fn natlb_never_touches_a_table_it_did_not_create() {
+    let lab = lab::Lab::new(lab::LabOptions { backends: 1 });
+    let foreign = "table inet natlb {\n  chain input { type filter hook input priority 0; policy accept; }\n}\n";
+    let f = lab.write_file("foreign.nft", foreign);
+    lab.exec_ok(lab.gateway_ns(), &["nft", "-f", f.to_str().unwrap()]);
+    let listing = lab.exec_ok(lab.gateway_ns(), &["nft", "list", "ruleset"]);
+    let cfg = lab.write_file("natlb.toml", &config(lab.dir(), 1, 1, true));
+    let mut p = lab.spawn_in(
+        lab.gateway_ns(),
+        &[gateway::NATLB, "run", "-c", cfg.to_str().unwrap()],
+    );
+    let status = p
+        .wait_timeout(Duration::from_secs(10))
+        .expect("natlb should refuse and exit");
+    assert!(!status.success());
+    assert!(
+        p.stderr_text().contains("natlb did not create it"),
+        "{}",
+        p.stderr_text()
+    );
+    assert_eq!(
+        lab.exec_ok(lab.gateway_ns(), &["nft", "list", "ruleset"]),
+        listing
+    );
+}
+
+#[test]
+fn a_table_renamed_while_natlb_was_stopped_is_removed() {
+    let mut g = Gateway::new(|d| config(d, 1, 1, true));
+    g.natlb.as_mut().unwrap().stop(Duration::from_secs(5));
+    let renamed = std::fs::read_to_string(&g.config)
+        .unwrap()
+        .replace("table = \"natlb\"", "table = \"gw\"");
+    std::fs::write(&g.config, renamed).unwrap();
+    g.start();
+    let tables = g
+        .lab
+        .exec_ok(g.lab.gateway_ns(), &["nft", "list", "tables"]);
+    assert_eq!(tables.trim(), "table inet gw", "{}", g.log());
+    let counts = g.tcp_shares("203.0.113.10:80", 20);
+    assert_eq!(counts.values().sum::<usize>(), 20);
 }

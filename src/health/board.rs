@@ -8,7 +8,7 @@ use super::engine::BackendKey;
 use super::state::State;
 use crate::model::{Backend, HealthKind, Model, Service};
 
-#[derive(Debug, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct Board {
     /// By service name, then backend address; absent means unknown.
     states: HashMap<String, HashMap<SocketAddr, State>>,

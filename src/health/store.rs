@@ -6,7 +6,6 @@
 //! temporary file, synced and renamed over the old one, so a crash leaves either version.
 
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use super::engine::BackendKey;
@@ -68,17 +67,9 @@ fn format(states: &BTreeMap<BackendKey, State>) -> String {
     out
 }
 
-/// Saves the states atomically (write, fsync, rename, fsync the directory).
+/// Saves the states atomically.
 pub fn save(state_dir: &Path, states: &BTreeMap<BackendKey, State>) -> std::io::Result<()> {
-    std::fs::create_dir_all(state_dir)?;
-    let tmp = state_dir.join(format!(".{FILE_NAME}.tmp"));
-    {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(format(states).as_bytes())?;
-        f.sync_all()?;
-    }
-    std::fs::rename(&tmp, path(state_dir))?;
-    std::fs::File::open(state_dir)?.sync_all()
+    crate::state_dir::write_atomic(state_dir, FILE_NAME, format(states).as_bytes())
 }
 
 #[cfg(test)]

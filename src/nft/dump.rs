@@ -191,3 +191,122 @@ fn parse_elements(reply: &Reply<'_>, out: &mut Vec<RawElement>) -> Result<(), Nf
     }
     Ok(())
 }
+
+/// The shape of one installed rule: its chain and its expressions' names, in order.
+pub type RuleShape = (String, Vec<String>);
+
+/// The shape of every rule of table `inet table`, in chain order as the kernel lists them.
+pub fn rule_shapes(sock: &mut Socket, table: &str) -> Result<Vec<RuleShape>, NftError> {
+    let ctable = CString::new(table).expect("validated table name");
+    let mut out = Vec::new();
+    sock.request(
+        &format!("reading the rules of table inet {table}"),
+        |seq| {
+            build_request(libc::NFT_MSG_GETRULE, libc::NLM_F_DUMP as u32, seq, |nlh| {
+                // SAFETY: a fresh rule object used to build the request, then freed.
+                unsafe {
+                    let r = sys::nftnl_rule_alloc();
+                    sys::nftnl_rule_set_str(r, sys::NFTNL_RULE_TABLE as u16, ctable.as_ptr());
+                    sys::nftnl_rule_nlmsg_build_payload(nlh, r);
+                    sys::nftnl_rule_free(r);
+                }
+            })
+        },
+        |reply| {
+            if reply.ty == nft_msg_type(libc::NFT_MSG_NEWRULE) {
+                out.push(parse_rule_shape(reply)?);
+            }
+            Ok(())
+        },
+    )?;
+    Ok(out)
+}
+
+fn cstr(p: *const std::os::raw::c_char) -> String {
+    if p.is_null() {
+        return String::new();
+    }
+    // SAFETY: libnftnl returns NUL-terminated strings that live as long as their object, and
+    // this copies it out at once.
+    unsafe { std::ffi::CStr::from_ptr(p) }
+        .to_string_lossy()
+        .into_owned()
+}
+
+fn parse_rule_shape(reply: &Reply<'_>) -> Result<RuleShape, NftError> {
+    // SAFETY: reply.raw is one complete, aligned message; the rule and its iterator are freed
+    // before return and every string is copied out while they live.
+    unsafe {
+        let r = NonNull::new(sys::nftnl_rule_alloc()).expect("out of memory");
+        if sys::nftnl_rule_nlmsg_parse(reply.raw.as_ptr().cast(), r.as_ptr()) < 0 {
+            sys::nftnl_rule_free(r.as_ptr());
+            return Err(NftError::Protocol("cannot parse a rule".into()));
+        }
+        let chain = cstr(sys::nftnl_rule_get_str(
+            r.as_ptr(),
+            sys::NFTNL_RULE_CHAIN as u16,
+        ));
+        let mut exprs = Vec::new();
+        let it = sys::nftnl_expr_iter_create(r.as_ptr());
+        let mut e = sys::nftnl_expr_iter_next(it);
+        while !e.is_null() {
+            exprs.push(cstr(sys::nftnl_expr_get_str(
+                e,
+                sys::NFTNL_EXPR_NAME as u16,
+            )));
+            e = sys::nftnl_expr_iter_next(it);
+        }
+        sys::nftnl_expr_iter_destroy(it);
+        sys::nftnl_rule_free(r.as_ptr());
+        Ok((chain, exprs))
+    }
+}
+
+/// The declaration of one installed set: flags, key length and data length.
+pub type SetShape = (u32, u32, u32);
+
+/// Every set of table `inet table` with its declaration.
+pub fn set_shapes(
+    sock: &mut Socket,
+    table: &str,
+) -> Result<std::collections::BTreeMap<String, SetShape>, NftError> {
+    let ctable = CString::new(table).expect("validated table name");
+    let mut out = std::collections::BTreeMap::new();
+    sock.request(
+        &format!("reading the sets of table inet {table}"),
+        |seq| {
+            build_request(libc::NFT_MSG_GETSET, libc::NLM_F_DUMP as u32, seq, |nlh| {
+                // SAFETY: a fresh set object used to build the request, then freed.
+                unsafe {
+                    let s = sys::nftnl_set_alloc();
+                    sys::nftnl_set_set_str(s, sys::NFTNL_SET_TABLE as u16, ctable.as_ptr());
+                    sys::nftnl_set_nlmsg_build_payload(nlh, s);
+                    sys::nftnl_set_free(s);
+                }
+            })
+        },
+        |reply| {
+            if reply.ty == nft_msg_type(libc::NFT_MSG_NEWSET) {
+                // SAFETY: one complete, aligned message; the set is freed before return.
+                unsafe {
+                    let s = NonNull::new(sys::nftnl_set_alloc()).expect("out of memory");
+                    if sys::nftnl_set_nlmsg_parse(reply.raw.as_ptr().cast(), s.as_ptr()) < 0 {
+                        sys::nftnl_set_free(s.as_ptr());
+                        return Err(NftError::Protocol("cannot parse a set".into()));
+                    }
+                    let p = s.as_ptr();
+                    let name = cstr(sys::nftnl_set_get_str(p, sys::NFTNL_SET_NAME as u16));
+                    let shape = (
+                        sys::nftnl_set_get_u32(p, sys::NFTNL_SET_FLAGS as u16),
+                        sys::nftnl_set_get_u32(p, sys::NFTNL_SET_KEY_LEN as u16),
+                        sys::nftnl_set_get_u32(p, sys::NFTNL_SET_DATA_LEN as u16),
+                    );
+                    sys::nftnl_set_free(p);
+                    out.insert(name, shape);
+                }
+            }
+            Ok(())
+        },
+    )?;
+    Ok(out)
+}

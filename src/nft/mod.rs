@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use nftnl::MsgType;
 
-use crate::render::ruleset::{Entry, Ruleset, SetSpec, Value, decode_values};
+use crate::render::ruleset::{Entry, Ruleset, SetSpec, Value, concat_len, decode_values};
 use encode::{ChainMsg, RuleMsg, SetMsg, TableMsg};
 pub use error::{KernelError, NftError};
 
@@ -55,13 +55,21 @@ pub struct CommitStats {
 #[derive(Debug)]
 pub enum Installed {
     Absent,
-    /// A table that natlb cannot adopt element by element (another layout version, a missing
-    /// set, an element it cannot read): it is replaced as a whole, atomically.
+    /// A table natlb did not create (its comment does not say so). natlb leaves it alone.
+    NotNatlb {
+        comment: String,
+    },
+    /// natlb's table, but one it cannot adopt element by element (another layout version, a
+    /// rule or set that differs, an element it cannot read): it is replaced as a whole,
+    /// atomically.
     Foreign {
         reason: String,
     },
     Ours(Ruleset),
 }
+
+/// How every table natlb creates begins its comment.
+pub const COMMENT_PREFIX: &str = "managed by natlb;";
 
 pub struct Nft {
     sock: socket::Socket,
@@ -148,12 +156,20 @@ impl Nft {
         })
     }
 
+    /// The comment of table `inet name`, or `None` if there is no such table.
+    pub fn table_comment(&mut self, name: &str) -> Result<Option<String>, NftError> {
+        dump::table_comment(&mut self.sock, name)
+    }
+
     /// Reads table `inet NAME` back, to adopt it: its elements, if its layout is `layout`'s.
     pub fn read_installed(&mut self, layout: &Ruleset) -> Result<Installed, NftError> {
         let comment = match dump::table_comment(&mut self.sock, &layout.table)? {
             None => return Ok(Installed::Absent),
             Some(c) => c,
         };
+        if !comment.starts_with(COMMENT_PREFIX) {
+            return Ok(Installed::NotNatlb { comment });
+        }
         if comment != layout.comment {
             return Ok(Installed::Foreign {
                 reason: format!(
@@ -161,6 +177,9 @@ impl Nft {
                     layout.comment
                 ),
             });
+        }
+        if let Some(reason) = self.layout_differs(layout)? {
+            return Ok(Installed::Foreign { reason });
         }
         let mut rs = layout.clone();
         for spec in &layout.sets {
@@ -172,6 +191,63 @@ impl Nft {
             }
         }
         Ok(Installed::Ours(rs))
+    }
+
+    /// Whether the installed sets and rules differ from the layout's (someone changed them by
+    /// hand): the reason, or `None` if they match.
+    fn layout_differs(&mut self, layout: &Ruleset) -> Result<Option<String>, NftError> {
+        let sets = dump::set_shapes(&mut self.sock, &layout.table)?;
+        for spec in &layout.sets {
+            let want = (
+                spec.is_map(),
+                concat_len(&spec.key),
+                if spec.is_map() {
+                    concat_len(&spec.data)
+                } else {
+                    0
+                },
+            );
+            match sets.get(&spec.name) {
+                None => return Ok(Some(format!("it has no set {}", spec.name))),
+                Some(&(flags, key, data)) => {
+                    let got = (
+                        flags & libc::NFT_SET_MAP as u32 != 0,
+                        key,
+                        if want.0 { data } else { 0 },
+                    );
+                    if got != want {
+                        return Ok(Some(format!("set {} is declared differently", spec.name)));
+                    }
+                }
+            }
+        }
+        if sets.len() != layout.sets.len() {
+            return Ok(Some("it has sets natlb does not declare".into()));
+        }
+        let rules = dump::rule_shapes(&mut self.sock, &layout.table)?;
+        let want: Vec<dump::RuleShape> = layout
+            .chains
+            .iter()
+            .flat_map(|c| {
+                c.rules.iter().map(|r| {
+                    (
+                        c.name.clone(),
+                        r.exprs
+                            .iter()
+                            .map(|e| e.kernel_name().to_string())
+                            .collect(),
+                    )
+                })
+            })
+            .collect();
+        if rules != want {
+            return Ok(Some(format!(
+                "its rules differ from natlb's ({} installed, {} expected)",
+                rules.len(),
+                want.len()
+            )));
+        }
+        Ok(None)
     }
 
     fn read_set(

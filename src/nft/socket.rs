@@ -163,10 +163,30 @@ impl Socket {
         let fd = self.sock.as_raw_fd();
         let snd = i32::try_from(send + (1 << 16)).unwrap_or(i32::MAX);
         let rcv = i32::try_from(replies * 128 + (4 << 20)).unwrap_or(i32::MAX);
-        setsockopt_int(fd, libc::SOL_SOCKET, libc::SO_SNDBUFFORCE, snd)
-            .map_err(|e| NftError::io("sizing the send buffer", e))?;
-        setsockopt_int(fd, libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, rcv)
-            .map_err(|e| NftError::io("sizing the receive buffer", e))?;
+        // The FORCE options need CAP_NET_ADMIN in the initial user namespace; inside a user
+        // namespace fall back to the plain ones, capped by net.core.[rw]mem_max.
+        for (force, plain, size, what) in [
+            (
+                libc::SO_SNDBUFFORCE,
+                libc::SO_SNDBUF,
+                snd,
+                "sizing the send buffer",
+            ),
+            (
+                libc::SO_RCVBUFFORCE,
+                libc::SO_RCVBUF,
+                rcv,
+                "sizing the receive buffer",
+            ),
+        ] {
+            if let Err(e) = setsockopt_int(fd, libc::SOL_SOCKET, force, size) {
+                if e.raw_os_error() != Some(libc::EPERM) {
+                    return Err(NftError::io(what, e));
+                }
+                setsockopt_int(fd, libc::SOL_SOCKET, plain, size)
+                    .map_err(|e| NftError::io(what, e))?;
+            }
+        }
         Ok(())
     }
 
@@ -222,10 +242,14 @@ impl Socket {
                             "the kernel refused NFT_MSG_GETGEN: errno {errno}"
                         )));
                     }
+                    // An error for a message not of this batch is a leftover of an earlier
+                    // exchange that ended in an I/O error: not this batch's.
+                    let Some(purpose) = purpose(r.seq) else {
+                        continue;
+                    };
                     let e = KernelError {
                         errno,
-                        purpose: purpose(r.seq)
-                            .unwrap_or_else(|| format!("message {} of the batch", r.seq)),
+                        purpose,
                         detail,
                     };
                     // A batch replayed after a module load reports its errors twice.

@@ -83,7 +83,11 @@ pub fn table_comment() -> String {
         h ^= u64::from(b);
         h = h.wrapping_mul(0x0100_0000_01b3);
     }
-    format!("managed by natlb; layout {:012x}", h & 0xffff_ffff_ffff)
+    format!(
+        "{} layout {:012x}",
+        crate::nft::COMMENT_PREFIX,
+        h & 0xffff_ffff_ffff
+    )
 }
 
 /// Every set and map, in the order the template declares them (nft lists them in that order).

@@ -264,6 +264,25 @@ pub enum Expr {
     Drop,
 }
 
+impl Expr {
+    /// The kernel's name for the expression, as a rule dump reports it.
+    pub fn kernel_name(&self) -> &'static str {
+        match self {
+            Expr::Meta { .. } => "meta",
+            Expr::Cmp { .. } => "cmp",
+            Expr::Payload { .. } => "payload",
+            Expr::Ct { .. } => "ct",
+            Expr::Bitwise { .. } => "bitwise",
+            Expr::Numgen { .. } => "numgen",
+            Expr::Lookup { .. } => "lookup",
+            Expr::Nat { .. } => "nat",
+            Expr::Masquerade => "masq",
+            Expr::Reject { .. } => "reject",
+            Expr::Drop => "immediate",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CmpOp {
     Eq,
