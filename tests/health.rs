@@ -221,3 +221,61 @@ fn backend_states_survive_a_restart() {
     let counts = g.tcp_shares("203.0.113.10:80", 40);
     assert_eq!(counts.get("be0"), Some(&40), "{counts:?}");
 }
+
+#[test]
+fn an_http_503_withdraws_a_backend_whose_port_still_accepts() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU16, Ordering};
+    let lab_config = |dir: &Path| {
+        format!(
+            r#"
+[daemon]
+state_dir = "{dir}/state"
+control_socket = "{dir}/control.sock"
+
+[[service]]
+name = "web"
+listen = "203.0.113.10:80"
+
+[service.health]
+type = "http"
+path = "/health"
+interval = "200ms"
+rise = 2
+fall = 3
+
+[[service.backend]]
+address = "192.0.2.11:8080"
+health_port = 9000
+
+[[service.backend]]
+address = "192.0.2.12:8080"
+health_port = 9000
+"#,
+            dir = dir.display()
+        )
+    };
+    let status: Vec<Arc<AtomicU16>> = (0..2).map(|_| Arc::new(AtomicU16::new(200))).collect();
+    let mut g = Gateway::new_stopped(lab_config);
+    let _http: Vec<_> = (0..2)
+        .map(|i| gateway::HttpServer::start(g.lab.backend_ns(i), 9000, status[i].clone()))
+        .collect();
+    g.start();
+    assert!(
+        g.wait_log("backend up at its first probe", 2, WITHDRAW_WITHIN),
+        "{}",
+        g.log()
+    );
+    // be1 says 503 on its health port while its service port still accepts connections.
+    status[1].store(503, Ordering::Relaxed);
+    assert!(
+        g.wait_log("backend DOWN", 1, WITHDRAW_WITHIN),
+        "{}",
+        g.log()
+    );
+    assert!(g.log().contains("503"), "{}", g.log());
+    let counts = g.tcp_shares("203.0.113.10:80", 40);
+    assert_eq!(counts.get("be0"), Some(&40), "{counts:?}");
+    status[1].store(200, Ordering::Relaxed);
+    assert!(g.wait_log("backend UP", 1, WITHDRAW_WITHIN), "{}", g.log());
+}

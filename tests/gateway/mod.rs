@@ -24,6 +24,13 @@ impl Gateway {
     /// A lab with 3 backends, each serving TCP 8080 and UDP 5353 as "be{i}", and natlb
     /// running with the config `config(lab dir)`.
     pub fn new(config: impl Fn(&Path) -> String) -> Gateway {
+        let mut g = Gateway::new_stopped(config);
+        g.start();
+        g
+    }
+
+    /// Like [`Gateway::new`], but natlb is not started yet: call [`Gateway::start`].
+    pub fn new_stopped(config: impl Fn(&Path) -> String) -> Gateway {
         let lab = Lab::new(LabOptions { backends: 3 });
         let servers = (0..3)
             .map(|i| {
@@ -34,14 +41,12 @@ impl Gateway {
             })
             .collect();
         let config = lab.write_file("natlb.toml", &config(lab.dir()));
-        let mut g = Gateway {
+        Gateway {
             natlb: None,
             servers,
             config,
             lab,
-        };
-        g.start();
-        g
+        }
     }
 
     /// Stops backend `i`'s TCP server: connections to it are refused.
@@ -146,4 +151,61 @@ pub fn assert_same_table(a: &str, b: &str) {
 pub fn share(counts: &HashMap<String, usize>, id: &str) -> f64 {
     let total: usize = counts.values().sum();
     *counts.get(id).unwrap_or(&0) as f64 / total as f64
+}
+
+/// A minimal HTTP server in a backend namespace answering every request with the status in
+/// `status` (changeable while it runs). Stops when dropped.
+pub struct HttpServer {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl HttpServer {
+    pub fn start(
+        ns: &str,
+        port: u16,
+        status: std::sync::Arc<std::sync::atomic::AtomicU16>,
+    ) -> HttpServer {
+        use std::io::{Read, Write};
+        use std::sync::atomic::Ordering;
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let (ns, flag) = (ns.to_string(), stop.clone());
+        let thread = std::thread::spawn(move || {
+            lab::enter_netns(&ns);
+            let l = std::net::TcpListener::bind(("0.0.0.0", port)).expect("bind http");
+            l.set_nonblocking(true).unwrap();
+            ready_tx.send(()).unwrap();
+            while !flag.load(Ordering::Relaxed) {
+                match l.accept() {
+                    Ok((mut c, _)) => {
+                        c.set_nonblocking(false).unwrap();
+                        c.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
+                        let mut buf = [0u8; 2048];
+                        let _ = c.read(&mut buf);
+                        let code = status.load(Ordering::Relaxed);
+                        let _ = write!(
+                            c,
+                            "HTTP/1.1 {code} X\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                        );
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(10)),
+                }
+            }
+        });
+        ready_rx.recv().expect("http server started");
+        HttpServer {
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for HttpServer {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
 }
