@@ -21,7 +21,7 @@ use tracing::{error, info, warn};
 
 use crate::config;
 use crate::health::{self, Board, Engine, Report, State};
-use crate::model::Model;
+use crate::model::{Model, OnBackendDown};
 use crate::nft::{Change, CommitStats, Nft, NftError, SetDelta};
 use crate::reconcile::{self, Plan};
 use crate::render::{self, ruleset::Ruleset};
@@ -233,6 +233,7 @@ impl Daemon {
                 r.outcome.detail
             );
         }
+        let committed = result.is_ok();
         match result {
             Ok(Some(stats)) => info!(
                 elements_changed = element_changes(&deltas),
@@ -242,6 +243,9 @@ impl Daemon {
             ),
             Ok(None) => {}
             Err(e) => error!("health change NOT applied: {e}"),
+        }
+        if committed {
+            self.reset_connections(&reports);
         }
         for &i in by_service.keys() {
             let s = &self.model.services[i];
@@ -254,6 +258,32 @@ impl Daemon {
                 "cannot save backend states to {}: {e}",
                 health::store::path(&self.model.daemon.state_dir).display()
             );
+        }
+    }
+
+    /// `on_backend_down = "reset"`: deletes the conntrack entries of backends just withdrawn, so
+    /// their flows move now (after the commit: new packets must find the new slots).
+    fn reset_connections(&self, reports: &[Report]) {
+        for r in reports.iter().filter(|r| r.transition.to == State::Down) {
+            let Some(&i) = self.index.get(&r.key.service) else {
+                continue;
+            };
+            let service = &self.model.services[i];
+            if service.on_backend_down != OnBackendDown::Reset {
+                continue;
+            }
+            match crate::conntrack::flush_backend(&service.vip, r.key.backend) {
+                Ok(n) => info!(
+                    service = %r.key.service,
+                    backend = %r.key.backend,
+                    "deleted {n} connection(s) of the withdrawn backend (on_backend_down = reset)"
+                ),
+                Err(e) => warn!(
+                    service = %r.key.service,
+                    backend = %r.key.backend,
+                    "cannot delete the withdrawn backend's connections: {e}"
+                ),
+            }
         }
     }
 

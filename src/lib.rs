@@ -6,6 +6,7 @@
 //! tables) → `reconcile` (diff desired vs installed, one batch per change), driven by `daemon`.
 
 pub mod config;
+pub mod conntrack;
 pub mod daemon;
 pub mod health;
 pub mod model;

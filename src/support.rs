@@ -4,7 +4,7 @@
 //! arrive in later versions. Until then natlb says so, by name, wherever a config is read
 //! (`check`, `render`, `run`), instead of silently doing something else.
 
-use crate::model::{Model, OnBackendDown, Scheduler};
+use crate::model::{Model, Scheduler};
 
 /// One warning per config element that natlb does not act on yet, saying what it does instead.
 pub fn not_yet_supported(model: &Model) -> Vec<String> {
@@ -16,13 +16,6 @@ pub fn not_yet_supported(model: &Model) -> Vec<String> {
                  at random by weight (scheduler \"weighted\")",
                 s.name,
                 s.scheduler.name()
-            ));
-        }
-        if s.on_backend_down == OnBackendDown::Reset {
-            out.push(format!(
-                "service {}: on_backend_down = \"reset\" is not implemented yet; a withdrawn \
-                 backend keeps its established connections",
-                s.name
             ));
         }
         if s.persistence.is_some() {

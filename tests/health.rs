@@ -279,3 +279,105 @@ health_port = 9000
     status[1].store(200, Ordering::Relaxed);
     assert!(g.wait_log("backend UP", 1, WITHDRAW_WITHIN), "{}", g.log());
 }
+
+/// A UDP socket of the client's, connected to the VIP: one flow (a fixed 5-tuple). Sockets
+/// keep the namespace they were made in, so the test thread can use it.
+fn udp_flow(g: &Gateway) -> std::net::UdpSocket {
+    g.lab.in_client(|| {
+        let sock = std::net::UdpSocket::bind("0.0.0.0:0").unwrap();
+        sock.connect("203.0.113.10:53").unwrap();
+        sock.set_read_timeout(Some(Duration::from_millis(500)))
+            .unwrap();
+        sock
+    })
+}
+
+/// Sends one datagram on the flow: the id of the backend that answered, or the error kind.
+fn ask(sock: &std::net::UdpSocket) -> Result<String, std::io::ErrorKind> {
+    sock.send(b"q").unwrap();
+    let mut buf = [0u8; 128];
+    let n = sock.recv(&mut buf).map_err(|e| e.kind())?;
+    Ok(String::from_utf8_lossy(&buf[..n])
+        .split(' ')
+        .next()
+        .unwrap()
+        .to_string())
+}
+
+fn udp_config(on_backend_down: &'static str) -> impl Fn(&Path) -> String {
+    move |dir: &Path| {
+        format!(
+            r#"
+[daemon]
+state_dir = "{dir}/state"
+control_socket = "{dir}/control.sock"
+
+[[service]]
+name = "dns"
+listen = "203.0.113.10:53"
+protocol = "udp"
+snat = "none"
+on_backend_down = "{on_backend_down}"
+
+[service.health]
+type = "udp"
+payload = "health"
+interval = "200ms"
+fall = 2
+
+[[service.backend]]
+address = "192.0.2.11:5353"
+
+[[service.backend]]
+address = "192.0.2.12:5353"
+"#,
+            dir = dir.display()
+        )
+    }
+}
+
+#[test]
+fn with_reset_a_udp_flow_moves_off_a_withdrawn_backend_at_once() {
+    let mut g = Gateway::new(udp_config("reset"));
+    let flow = udp_flow(&g);
+    let first = ask(&flow).unwrap();
+    let dead: usize = first[2..].parse().unwrap();
+    g.servers[dead].1 = None; // its UDP server stops: probes get port unreachable
+    assert!(
+        g.wait_log("backend DOWN", 1, WITHDRAW_WITHIN),
+        "{}",
+        g.log()
+    );
+    assert!(
+        g.wait_log(
+            "deleted 1 connection(s) of the withdrawn backend",
+            1,
+            WITHDRAW_WITHIN
+        ),
+        "{}",
+        g.log()
+    );
+    // The same 5-tuple: its next datagrams are a new flow, to the other backend.
+    let other = format!("be{}", 1 - dead);
+    for _ in 0..3 {
+        assert_eq!(ask(&flow), Ok(other.clone()));
+    }
+}
+
+#[test]
+fn with_keep_a_udp_flow_stays_on_its_backend() {
+    let mut g = Gateway::new(udp_config("keep"));
+    let flow = udp_flow(&g);
+    let first = ask(&flow).unwrap();
+    let dead: usize = first[2..].parse().unwrap();
+    g.servers[dead].1 = None;
+    assert!(
+        g.wait_log("backend DOWN", 1, WITHDRAW_WITHIN),
+        "{}",
+        g.log()
+    );
+    // conntrack still sends this flow to the dead backend, which answers port unreachable.
+    assert_eq!(ask(&flow), Err(std::io::ErrorKind::ConnectionRefused));
+    // A new flow goes to the backend that is up.
+    assert_eq!(ask(&udp_flow(&g)), Ok(format!("be{}", 1 - dead)));
+}
