@@ -48,6 +48,8 @@ struct Daemon {
     engine: Engine,
     installed: Ruleset,
     nft: Nft,
+    /// The board changed since the states were last saved.
+    states_dirty: bool,
 }
 
 fn warn_unsupported(model: &Model) {
@@ -179,6 +181,7 @@ impl Daemon {
             engine,
             installed: want,
             nft,
+            states_dirty: false,
         })
     }
 
@@ -253,6 +256,17 @@ impl Daemon {
                 warn!(service = %s.name, "no backend of service {} is up: new connections to it fail", s.name);
             }
         }
+        // Saved by the next tick of the main loop, not here: the file holds every backend, and
+        // writing it per decision would make a decision cost O(backends).
+        self.states_dirty = true;
+    }
+
+    /// Saves the backend states to `state_dir` if they changed since the last save.
+    fn save_states(&mut self) {
+        if !self.states_dirty {
+            return;
+        }
+        self.states_dirty = false;
         if let Err(e) = health::store::save(&self.model.daemon.state_dir, &self.board.snapshot()) {
             warn!(
                 "cannot save backend states to {}: {e}",
@@ -366,6 +380,7 @@ impl Daemon {
     }
 
     fn stop(mut self) -> Result<(), DaemonError> {
+        self.save_states();
         if self.model.daemon.keep_rules_on_exit {
             info!(table = %self.installed.table, "exiting; the rules stay in place (keep_rules_on_exit)");
         } else {
@@ -376,6 +391,9 @@ impl Daemon {
         Ok(())
     }
 }
+
+/// How often changed backend states are written to `state_dir`.
+const STATE_SAVE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Runs the daemon until SIGTERM or SIGINT.
 pub fn run(config_path: &Path) -> Result<(), DaemonError> {
@@ -391,8 +409,10 @@ pub fn run(config_path: &Path) -> Result<(), DaemonError> {
         let (tx, mut rx) = mpsc::unbounded_channel();
         let mut daemon = Daemon::start(config_path, tx)?;
         info!(config = %config_path.display(), "natlb is running");
+        let mut save_tick = tokio::time::interval(STATE_SAVE_INTERVAL);
         loop {
             tokio::select! {
+                _ = save_tick.tick() => daemon.save_states(),
                 Some(first) = rx.recv() => {
                     // Decisions that arrived together share one batch.
                     let mut batch = vec![first];

@@ -205,8 +205,12 @@ fn backend_states_survive_a_restart() {
         "{}",
         g.log()
     );
-    let state = std::fs::read_to_string(g.lab.dir().join("state/health.state")).unwrap();
-    assert!(state.contains("down\tweb\t192.0.2.12:8080"), "{state}");
+    // States are saved within a second of a change.
+    let path = g.lab.dir().join("state/health.state");
+    let saved = lab::wait_until(Duration::from_secs(5), Duration::from_millis(50), || {
+        std::fs::read_to_string(&path).is_ok_and(|s| s.contains("down\tweb\t192.0.2.12:8080"))
+    });
+    assert!(saved, "{:?}", std::fs::read_to_string(&path));
 
     // Restarted, natlb installs nothing for be1 before any probe: the table it finds is adopted
     // as it is, and no connection goes to the dead backend.
