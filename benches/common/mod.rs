@@ -1,0 +1,226 @@
+//! What both benchmarks need: namespaces, temp dirs and child processes that are removed by
+//! Drop guards and, on SIGINT / SIGTERM / SIGHUP, by a watcher thread.
+#![allow(dead_code)]
+
+use std::fs::File;
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::Mutex;
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use nix::sched::{CloneFlags, setns};
+use nix::sys::signal::{self, SigSet, Signal};
+use nix::unistd::Pid;
+
+static PREFIX: OnceLock<&'static str> = OnceLock::new();
+
+/// Names this benchmark's namespaces and temp dirs (`natlb-bench`, `natlb-hbench`).
+pub fn set_prefix(prefix: &'static str) {
+    let _ = PREFIX.set(prefix);
+}
+
+fn prefix() -> &'static str {
+    PREFIX.get().copied().unwrap_or("natlb-bench")
+}
+
+// ---------------------------------------------------------------------------------------------
+// Cleanup: namespaces, temp dirs and child processes, removed by Drop guards and, on SIGINT /
+// SIGTERM / SIGHUP, by a watcher thread.
+// ---------------------------------------------------------------------------------------------
+
+pub static NAMESPACES: Mutex<Vec<String>> = Mutex::new(Vec::new());
+pub static DIRS: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
+pub static COUNTER: AtomicUsize = AtomicUsize::new(0);
+
+pub fn unique(prefix: &str) -> String {
+    format!(
+        "{prefix}{}-{}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+pub fn forget<T: PartialEq>(list: &Mutex<Vec<T>>, item: &T) {
+    let mut l = list.lock().unwrap_or_else(|e| e.into_inner());
+    l.retain(|x| x != item);
+}
+
+pub fn netns_pids(name: &str) -> Vec<i32> {
+    command("ip")
+        .args(["netns", "pids", name])
+        .stdin(Stdio::null())
+        .stderr(Stdio::null())
+        .output()
+        .map(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .split_whitespace()
+                .filter_map(|p| p.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Kills whatever runs in namespace `name` and deletes it.
+pub fn remove_netns(name: &str) {
+    let me = std::process::id() as i32;
+    for pid in netns_pids(name) {
+        if pid != me {
+            let _ = signal::kill(Pid::from_raw(pid), Signal::SIGKILL);
+        }
+    }
+    match command("ip")
+        .args(["netns", "del", name])
+        .stdin(Stdio::null())
+        .output()
+    {
+        Ok(o) if o.status.success() => {}
+        Ok(o) => eprintln!(
+            "bench: ip netns del {name}: {}",
+            String::from_utf8_lossy(&o.stderr).trim()
+        ),
+        Err(e) => eprintln!("bench: ip netns del {name}: {e}"),
+    }
+}
+
+/// A fresh named network namespace, deleted on Drop (with every process in it).
+pub struct Netns {
+    pub name: String,
+}
+
+impl Netns {
+    pub fn new(role: &str) -> Netns {
+        let name = unique(&format!("{}-{role}-", prefix()));
+        // Registered first: a signal between `add` and the push still finds it.
+        NAMESPACES
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(name.clone());
+        let out = command("ip")
+            .args(["netns", "add", &name])
+            .stdin(Stdio::null())
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run ip: {e}"));
+        if !out.status.success() {
+            forget(&NAMESPACES, &name);
+            panic!(
+                "ip netns add {name} failed: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        Netns { name }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn path(&self) -> String {
+        format!("/run/netns/{}", self.name)
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        remove_netns(&self.name);
+        forget(&NAMESPACES, &self.name);
+    }
+}
+
+/// Runs `f` on a new thread that has entered namespace `ns`; processes it spawns start there.
+pub fn in_netns<R: Send>(ns: &Netns, f: impl FnOnce() -> R + Send) -> R {
+    let path = ns.path();
+    std::thread::scope(|s| {
+        let h = s.spawn(|| {
+            let file = File::open(&path).unwrap_or_else(|e| panic!("open {path}: {e}"));
+            setns(&file, CloneFlags::CLONE_NEWNET).unwrap_or_else(|e| panic!("setns {path}: {e}"));
+            f()
+        });
+        h.join().unwrap_or_else(|p| std::panic::resume_unwind(p))
+    })
+}
+
+/// A directory under the temp dir, removed on Drop.
+pub struct TempDir {
+    pub path: PathBuf,
+}
+
+impl TempDir {
+    pub fn new() -> TempDir {
+        let path = std::env::temp_dir().join(unique(&format!("{}-", prefix())));
+        DIRS.lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(path.clone());
+        std::fs::create_dir_all(&path).unwrap_or_else(|e| panic!("mkdir {path:?}: {e}"));
+        TempDir { path }
+    }
+
+    pub fn write(&self, name: &str, contents: &str) -> PathBuf {
+        let p = self.path.join(name);
+        std::fs::write(&p, contents).unwrap_or_else(|e| panic!("write {p:?}: {e}"));
+        p
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.path);
+        forget(&DIRS, &self.path);
+    }
+}
+
+/// A child process, killed (SIGKILL) and reaped on Drop unless it already exited.
+pub struct ChildGuard(pub Child);
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
+/// A command whose process starts with no blocked signals: the bench blocks SIGINT/SIGTERM/
+/// SIGHUP (see [`watch_signals`]) and a child would inherit that mask across exec.
+pub fn command(program: &str) -> Command {
+    let mut c = Command::new(program);
+    // SAFETY: the hook only calls pthread_sigmask, which is async-signal-safe, and allocates
+    // nothing.
+    unsafe {
+        c.pre_exec(|| {
+            SigSet::empty()
+                .thread_set_mask()
+                .map_err(std::io::Error::from)
+        });
+    }
+    c
+}
+
+/// Blocks SIGINT/SIGTERM/SIGHUP in every thread (call before spawning any) and has one thread
+/// wait for them: it removes what the bench created and exits. Children get an empty mask
+/// ([`command`]), so they still die of these signals.
+pub fn watch_signals() {
+    let mut set = SigSet::empty();
+    for s in [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP] {
+        set.add(s);
+    }
+    if let Err(e) = set.thread_block() {
+        eprintln!("bench: cannot block signals ({e}); an interrupt may leave namespaces behind");
+        return;
+    }
+    std::thread::spawn(move || {
+        let Ok(sig) = set.wait() else { return };
+        eprintln!("\nbench: {sig}: removing namespaces and temp files");
+        let names = NAMESPACES.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        for n in names {
+            remove_netns(&n);
+        }
+        let dirs = DIRS.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        for d in dirs {
+            let _ = std::fs::remove_dir_all(d);
+        }
+        std::process::exit(128 + sig as i32);
+    });
+}
