@@ -151,7 +151,18 @@ impl Daemon {
         // A table natlb owned under another name (renamed while natlb was stopped) goes in the
         // same batch, so two tables never compete for the VIPs.
         let previous = crate::state_dir::load_table(&model.daemon.state_dir);
-        let stats = sync_table(&mut nft, &want, previous.as_deref())?;
+        let stats = match sync_table(&mut nft, &want, previous.as_deref()) {
+            // The table changed between reading it and committing (another process): read it
+            // again and retry, once.
+            Err(DaemonError::Nft(NftError::Rejected(errors))) => {
+                warn!(
+                    "the batch was refused ({}); re-reading the table and retrying once",
+                    errors[0]
+                );
+                sync_table(&mut nft, &want, previous.as_deref())?
+            }
+            other => other?,
+        };
         if let Some(stats) = stats {
             info!(
                 table = %want.table,

@@ -162,7 +162,24 @@ impl Nft {
     }
 
     /// Reads table `inet NAME` back, to adopt it: its elements, if its layout is `layout`'s.
+    ///
+    /// A dump is not a snapshot: if the ruleset changed while it was read (the generation
+    /// moved), it is read again, a few times at most.
     pub fn read_installed(&mut self, layout: &Ruleset) -> Result<Installed, NftError> {
+        const ATTEMPTS: usize = 5;
+        let mut generation = self.sock.generation()?;
+        for _ in 1..ATTEMPTS {
+            let found = self.read_installed_once(layout)?;
+            let after = self.sock.generation()?;
+            if after == generation {
+                return Ok(found);
+            }
+            generation = after;
+        }
+        self.read_installed_once(layout)
+    }
+
+    fn read_installed_once(&mut self, layout: &Ruleset) -> Result<Installed, NftError> {
         let comment = match dump::table_comment(&mut self.sock, &layout.table)? {
             None => return Ok(Installed::Absent),
             Some(c) => c,

@@ -208,6 +208,12 @@ impl Socket {
         }
     }
 
+    /// The ruleset's current generation: it moves with every commit to any table.
+    pub fn generation(&mut self) -> Result<u32, NftError> {
+        let (_, generation) = self.sync_after(|_| None)?;
+        Ok(generation)
+    }
+
     /// Sends NFT_MSG_GETGEN and reads until its answer, collecting errors for earlier messages.
     fn sync_after(
         &mut self,
