@@ -27,9 +27,10 @@
 //! load of the CPU/RSS target).
 //!
 //! Probe connections are tracked by conntrack, as on a real gateway (natlb's table has nat
-//! hooks, so every connection natlb opens gets an entry, which stays 120 s in TIME_WAIT with the
-//! kernel's defaults). `--notrack` adds a raw-priority `notrack` rule for port 8080 to the
-//! benchmark's own table, which takes conntrack out of the picture.
+//! hooks, so every connection natlb opens gets an entry: with the kernel's defaults it stays
+//! 10 s in CLOSE after a reset, 120 s in TIME_WAIT after a FIN exchange; the default table holds
+//! 262144). `--notrack` adds a raw-priority `notrack` rule for port 8080 to the benchmark's own
+//! table, which takes conntrack out of the picture.
 //!
 //! Prints markdown tables on stdout (progress goes to stderr). It asserts no timings.
 //!
@@ -832,7 +833,7 @@ impl SizeResult {
 fn block_table_script(notrack: bool) -> String {
     let raw = if notrack {
         format!(
-            "\tchain notrack {{\n\
+            "\tchain raw_output {{\n\
              \t\ttype filter hook output priority raw; policy accept;\n\
              \t\ttcp dport {PORT} notrack\n\
              \t\ttcp sport {PORT} notrack\n\
