@@ -257,23 +257,6 @@ fn config_toml(size: Size, dir: &Path) -> String {
     out
 }
 
-/// splitmix64: a small deterministic generator (the crate has no rand dependency).
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-}
-
 // ---------------------------------------------------------------------------------------------
 // The backends: one listener thread in the namespace
 // ---------------------------------------------------------------------------------------------
@@ -605,45 +588,6 @@ fn clock_ticks() -> f64 {
     if t > 0 { t as f64 } else { 100.0 }
 }
 
-/// (idle, total) jiffies of all CPUs.
-fn machine_ticks() -> Option<(u64, u64)> {
-    let stat = std::fs::read_to_string("/proc/stat").ok()?;
-    let line = stat.lines().next()?;
-    let v: Vec<u64> = line
-        .split_whitespace()
-        .skip(1)
-        .filter_map(|x| x.parse().ok())
-        .collect();
-    let idle = v.get(3)? + v.get(4).copied().unwrap_or(0);
-    Some((idle, v.iter().sum()))
-}
-
-/// Waits (up to 20 s) until the CPUs are mostly idle. Returns false if the machine stayed busy.
-fn settle() -> bool {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while Instant::now() < deadline {
-        let Some((i0, t0)) = machine_ticks() else {
-            return false;
-        };
-        std::thread::sleep(Duration::from_millis(300));
-        let Some((i1, t1)) = machine_ticks() else {
-            return false;
-        };
-        if t1 > t0 && (i1 - i0) as f64 / (t1 - t0) as f64 >= 0.85 {
-            return true;
-        }
-    }
-    false
-}
-
-fn settle_or_note(what: &str, notes: &mut Vec<String>) {
-    if !settle() {
-        let note = format!("the machine was busy before {what} (CPUs < 85 % idle for 20 s)");
-        eprintln!("bench: note: {note}");
-        notes.push(note);
-    }
-}
-
 fn proc_status(pid: u32, key: &str) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     status
@@ -730,10 +674,6 @@ fn net_stats(ns: &Netns) -> NetStats {
         }
         s
     })
-}
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1e3
 }
 
 /// Median and p99 (nearest rank) of `v`.
@@ -1220,30 +1160,12 @@ fn measure(
 // Report
 // ---------------------------------------------------------------------------------------------
 
-fn fmt_ms(v: f64) -> String {
-    if v.is_nan() {
-        "n/a".into()
-    } else if v >= 1000.0 {
-        format!("{:.2} s", v / 1e3)
-    } else if v >= 10.0 {
-        format!("{v:.0} ms")
-    } else {
-        format!("{v:.2} ms")
-    }
-}
-
 fn mb(kb: Option<u64>) -> String {
     kb.map_or("n/a".into(), |kb| format!("{:.1} MB", kb as f64 / 1024.0))
 }
 
 fn size_label(s: Size) -> String {
-    let n = s.services;
-    let services = if n >= 1000 && n.is_multiple_of(1000) {
-        format!("{}k", n / 1000)
-    } else {
-        n.to_string()
-    };
-    format!("{services} × {}", s.backends)
+    format!("{} × {}", thousands(s.services), s.backends)
 }
 
 fn pct(v: Option<f64>) -> String {
