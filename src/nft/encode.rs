@@ -511,8 +511,20 @@ fn build_expr(e: &Expr, set_id: &impl Fn(&str) -> u32) -> NonNull<sys::nftnl_exp
                 );
                 x
             }
-            Expr::Lookup { sreg, set, dreg } => {
+            Expr::Lookup {
+                sreg,
+                set,
+                dreg,
+                invert,
+            } => {
                 let x = expr_alloc(c"lookup");
+                if *invert {
+                    set_u32(
+                        x.as_ptr(),
+                        sys::NFTNL_EXPR_LOOKUP_FLAGS as u16,
+                        libc::NFT_LOOKUP_F_INV as u32,
+                    );
+                }
                 let name = cstring(set);
                 set_u32(x.as_ptr(), sys::NFTNL_EXPR_LOOKUP_SREG as u16, *sreg);
                 if let Some(d) = dreg {
@@ -570,8 +582,12 @@ fn build_expr(e: &Expr, set_id: &impl Fn(&str) -> u32) -> NonNull<sys::nftnl_exp
                 set_u8(x.as_ptr(), sys::NFTNL_EXPR_REJECT_CODE as u16, code);
                 x
             }
-            Expr::Drop => {
+            Expr::Accept | Expr::Drop => {
                 let x = expr_alloc(c"immediate");
+                let verdict = match e {
+                    Expr::Accept => libc::NF_ACCEPT,
+                    _ => libc::NF_DROP,
+                };
                 set_u32(
                     x.as_ptr(),
                     sys::NFTNL_EXPR_IMM_DREG as u16,
@@ -580,7 +596,7 @@ fn build_expr(e: &Expr, set_id: &impl Fn(&str) -> u32) -> NonNull<sys::nftnl_exp
                 set_u32(
                     x.as_ptr(),
                     sys::NFTNL_EXPR_IMM_VERDICT as u16,
-                    libc::NF_DROP as u32,
+                    verdict as u32,
                 );
                 x
             }

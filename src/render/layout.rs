@@ -42,6 +42,12 @@ pub fn endpoint_data(f: Family) -> Vec<Field> {
     vec![Field::Daddr(f), Field::Dport]
 }
 
+/// Every service of a family, whatever its state: the one lookup that lets a packet to anything
+/// else leave natlb's chains at once.
+pub fn vips_set_name(f: Family) -> String {
+    format!("vips{}", f.digit())
+}
+
 pub fn class_set_name(f: Family, slots: u32) -> String {
     format!("svc{}_mod{slots}", f.digit())
 }
@@ -93,6 +99,18 @@ pub fn table_comment() -> String {
 /// Every set and map, in the order the template declares them (nft lists them in that order).
 pub fn sets() -> Vec<SetSpec> {
     let mut out = Vec::new();
+    for f in FAMILIES {
+        out.push(SetSpec {
+            name: vips_set_name(f),
+            key: vip_key(f),
+            data: vec![],
+            counter: false,
+            comment: format!(
+                "every {} service: other packets leave natlb's chains after one lookup",
+                family_name(f)
+            ),
+        });
+    }
     for f in FAMILIES {
         for t in SLOT_CLASSES {
             out.push(SetSpec {
@@ -168,9 +186,13 @@ pub fn sets() -> Vec<SetSpec> {
 }
 
 pub fn chains() -> Vec<ChainSpec> {
+    // A new connection to anything but a VIP costs one lookup here, not one per slot class.
     let dnat_rules: Vec<RuleSpec> = FAMILIES
         .iter()
-        .flat_map(|&f| SLOT_CLASSES.iter().map(move |&t| dnat_rule(f, t)))
+        .flat_map(|&f| {
+            std::iter::once(not_a_vip_rule(f))
+                .chain(SLOT_CLASSES.iter().map(move |&t| dnat_rule(f, t)))
+        })
         .collect();
     let mut snat_rules = Vec::new();
     for f in FAMILIES {
@@ -180,7 +202,12 @@ pub fn chains() -> Vec<ChainSpec> {
             }
         }
     }
-    let down_rules: Vec<RuleSpec> = FAMILIES.iter().flat_map(|&f| all_down_rules(f)).collect();
+    // Filter chains see every packet, so the common cases leave first: a packet of a known
+    // connection (one `ct` load), then a new connection to anything but a VIP (one lookup).
+    let down_rules: Vec<RuleSpec> = std::iter::once(not_new_rule())
+        .chain(FAMILIES.iter().map(|&f| not_a_vip_rule(f)))
+        .chain(FAMILIES.iter().flat_map(|&f| all_down_rules(f)))
+        .collect();
     vec![
         ChainSpec {
             name: "prerouting".into(),
@@ -220,6 +247,56 @@ pub fn chains() -> Vec<ChainSpec> {
     ]
 }
 
+/// `ip daddr . meta l4proto . th dport != @vips4 accept`
+fn not_a_vip_rule(f: Family) -> RuleSpec {
+    let mut e = vec![
+        Expr::Meta {
+            key: libc::NFT_META_NFPROTO as u32,
+            dreg: REG1,
+        },
+        Expr::Cmp {
+            sreg: REG1,
+            op: CmpOp::Eq,
+            data: vec![f.nfproto()],
+        },
+    ];
+    load_vip_key(f, false, &mut e);
+    e.push(Expr::Lookup {
+        sreg: REG1,
+        set: vips_set_name(f),
+        dreg: None,
+        invert: true,
+    });
+    e.push(Expr::Accept);
+    RuleSpec {
+        exprs: e,
+        comment: String::new(),
+    }
+}
+
+/// `ct state != new accept`
+fn not_new_rule() -> RuleSpec {
+    RuleSpec {
+        exprs: vec![
+            Expr::Ct {
+                key: libc::NFT_CT_STATE as u32,
+                dir: None,
+                dreg: REG1,
+            },
+            Expr::Cmp {
+                sreg: REG1,
+                op: CmpOp::Neq,
+                data: CT_STATE_NEW.to_ne_bytes().to_vec(),
+            },
+            Expr::Accept,
+        ],
+        comment: String::new(),
+    }
+}
+
+/// `NF_CT_STATE_BIT(IP_CT_NEW)`: how `ct state` reads for the first packet of a connection.
+const CT_STATE_NEW: u32 = 1 << 3;
+
 /// Just after DNAT: a packet that still has a VIP as its destination found no backend.
 const FILTER_AFTER_DNAT: i32 = libc::NF_IP_PRI_NAT_DST + 10;
 
@@ -253,6 +330,7 @@ fn all_down_rules(f: Family) -> Vec<RuleSpec> {
             sreg: REG1,
             set,
             dreg: None,
+            invert: false,
         });
         e.push(verdict);
         RuleSpec {
@@ -367,6 +445,7 @@ fn dnat_rule(f: Family, slots: u32) -> RuleSpec {
         sreg: REG1,
         set: class_set_name(f, slots),
         dreg: None,
+        invert: false,
     });
     let slot_word = load_vip_key(f, false, &mut e);
     e.push(Expr::Numgen {
@@ -377,6 +456,7 @@ fn dnat_rule(f: Family, slots: u32) -> RuleSpec {
         sreg: REG1,
         set: slots_map_name(f),
         dreg: Some(REG1),
+        invert: false,
     });
     e.push(Expr::Nat {
         kind: NatKind::Dnat,
@@ -426,6 +506,7 @@ fn snat_rule(f: Family, p: Protocol, masquerade: bool) -> RuleSpec {
             sreg: REG1,
             set: snat_masq_set_name(f),
             dreg: None,
+            invert: false,
         });
         e.push(Expr::Masquerade);
     } else {
@@ -433,6 +514,7 @@ fn snat_rule(f: Family, p: Protocol, masquerade: bool) -> RuleSpec {
             sreg: REG1,
             set: snat_addr_map_name(f),
             dreg: Some(REG1),
+            invert: false,
         });
         e.push(Expr::Nat {
             kind: NatKind::Snat,

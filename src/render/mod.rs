@@ -84,6 +84,13 @@ fn add_service_elements(
             .insert(key, Entry { data, comment });
     };
 
+    put(
+        layout::vips_set_name(family),
+        vip_key.clone(),
+        vec![],
+        service.name.clone(),
+    );
+
     let active = active_backends(service, is_up);
     let weights: Vec<u32> = active.iter().map(|&i| service.backends[i].weight).collect();
     if let Some(table) = slots::weighted(&weights) {

@@ -247,6 +247,8 @@ pub enum Expr {
         sreg: u32,
         set: String,
         dreg: Option<u32>,
+        /// `!= @set`: matches when the key is NOT in the set.
+        invert: bool,
     },
     Nat {
         kind: NatKind,
@@ -260,6 +262,8 @@ pub enum Expr {
         tcp_reset: bool,
         family: Family,
     },
+    /// The `accept` verdict: ends this chain for the packet (later hooks still see it).
+    Accept,
     /// The `drop` verdict.
     Drop,
 }
@@ -278,7 +282,7 @@ impl Expr {
             Expr::Nat { .. } => "nat",
             Expr::Masquerade => "masq",
             Expr::Reject { .. } => "reject",
-            Expr::Drop => "immediate",
+            Expr::Accept | Expr::Drop => "immediate",
         }
     }
 }

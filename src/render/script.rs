@@ -22,7 +22,12 @@ pub fn to_script(rs: &Ruleset) -> String {
         rs.table,
         rs.table
     );
-    for line in TEMPLATE.lines() {
+    // The template's opening comment explains the template (its placeholders) to its readers,
+    // not the rendered script to the operator: skip it.
+    let body = TEMPLATE
+        .lines()
+        .skip_while(|l| l.starts_with('#') || l.trim().is_empty());
+    for line in body {
         let line = line
             .replace("{table}", &rs.table)
             .replace("{comment}", &rs.comment);
