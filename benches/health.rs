@@ -5,10 +5,18 @@
 //! fast_interval and timeout left at their defaults), in a fresh network namespace that this
 //! program creates and removes (also on panic, SIGINT and SIGTERM):
 //!
-//! - Backends: addresses in 127.0.0.0/8 (natlb's config validation accepts them; the benchmark
-//!   checks that first), all on port 8080. The namespace's `lo` is up, so every 127.x.y.z is
-//!   local, and ONE listener thread of this program (in the namespace, bound to 0.0.0.0:8080)
-//!   accepts and closes every probe connection. It counts them: probes per second.
+//! - Backends, as remote hosts: every backend address (10.64.0.0/10, port 8080) is routed to a
+//!   TUN device, and ONE thread of this program answers each SYN that comes out of it with a
+//!   SYN-ACK (common/tun_responder.rs). It counts them: probes per second. The gateway's kernel
+//!   does what it does with a real network (SYN out, SYN-ACK in, ACK and the probe's reset out);
+//!   none of the backends' work runs in natlb's context. The SYN-ACKs are received in the
+//!   context of the responder thread that writes them, so its system time (which also holds its
+//!   own TUN reads and writes) is reported beside natlb's: natlb + responder is an upper bound
+//!   for the gateway's whole cost. With two or more CPUs natlb is pinned to CPU 0 and the
+//!   responder to CPU 1.
+//!   `--loopback` puts the backends on natlb's own loopback instead (127.64.0.0/10, one
+//!   listener thread that accepts and closes, no pinning): then both ends of every probe
+//!   connection run in natlb's context, as in the first measurements.
 //! - natlb: started through `ip netns exec` on a generated config; its log (stderr) is read line
 //!   by line (and kept in a file). The benchmark waits for "natlb is running" and for every
 //!   backend's first-probe line.
@@ -26,16 +34,20 @@
 //! 10k × 2 (10k services where a withdraw leaves one backend; 20k backends, twice the probe
 //! load of the CPU/RSS target).
 //!
+//! The failure injector: a blocked backend answers its probes with a TCP reset, like a closed
+//! port (the responder answers its SYNs with a reset; with `--loopback`, a table of this
+//! program in the namespace does).
+//!
 //! Probe connections are tracked by conntrack, as on a real gateway (natlb's table has nat
 //! hooks, so every connection natlb opens gets an entry: with the kernel's defaults it stays
 //! 10 s in CLOSE after a reset, 120 s in TIME_WAIT after a FIN exchange; the default table holds
-//! 262144). `--notrack` adds a raw-priority `notrack` rule for port 8080 to the benchmark's own
-//! table, which takes conntrack out of the picture.
+//! 262144). `--notrack` adds raw-priority `notrack` rules for port 8080 (both ways) in a table
+//! of the benchmark's own in natlb's namespace, which takes conntrack out of the picture.
 //!
 //! Prints markdown tables on stdout (progress goes to stderr). It asserts no timings.
 //!
 //! `cargo bench --bench health -- [--sizes 10000x1,1000x10,10000x2] [--rounds 30]
-//! [--window 30] [--seed S] [--keep-logs DIR] [--notrack]`. Needs root (network namespaces,
+//! [--window 30] [--seed S] [--keep-logs DIR] [--notrack] [--loopback]`. Needs root (network namespaces,
 //! nf_tables).
 
 use std::collections::{HashSet, VecDeque};
@@ -59,6 +71,14 @@ const TABLE: &str = "natlb";
 const PORT: u16 = 8080;
 /// This benchmark's own table in the namespace: the failure injector.
 const BLOCK_TABLE: &str = "benchblock";
+/// This benchmark's table in natlb's namespace with `--notrack`.
+const NOTRACK_TABLE: &str = "benchnotrack";
+/// The TUN device that stands for the network to the backends, and its point-to-point pair.
+const TUN_LINK: &str = "bench-be";
+const TUN_LOCAL: Ipv4Addr = Ipv4Addr::new(10, 255, 255, 1);
+const TUN_PEER: Ipv4Addr = Ipv4Addr::new(10, 255, 255, 2);
+/// Every remote backend address, routed to the TUN device.
+const BE_RANGE: &str = "10.64.0.0/10";
 /// How long the daemon may take to say "natlb is running".
 const DAEMON_START_TIMEOUT: Duration = Duration::from_secs(600);
 /// How long the first probes of every backend may take, after "natlb is running".
@@ -92,13 +112,16 @@ struct Options {
     keep_logs: Option<PathBuf>,
     /// Exempt the probe connections (port 8080, both ways) from conntrack.
     notrack: bool,
+    /// Backends on natlb's own loopback instead of a second namespace.
+    loopback: bool,
 }
 
 const USAGE: &str = "usage: cargo bench --bench health -- [--sizes 10000x1,1000x10,10000x2] \
-                     [--rounds 30] [--window SECONDS] [--seed S] [--keep-logs DIR] [--notrack]";
+                     [--rounds 30] [--window SECONDS] [--seed S] [--keep-logs DIR] [--notrack] \
+                     [--loopback]";
 
-/// Backend addresses: 127.(1..=127).(0..=255).(1..=250).
-const MAX_BACKENDS: usize = 127 * 256 * 250;
+/// Backend addresses: (127|10).(64..128).(0..=255).(1..=250).
+const MAX_BACKENDS: usize = 64 * 256 * 250;
 
 fn parse_options() -> Result<Options, String> {
     let mut o = Options {
@@ -121,6 +144,7 @@ fn parse_options() -> Result<Options, String> {
         seed: 0x6865_616c_7468,
         keep_logs: None,
         notrack: false,
+        loopback: false,
     };
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
@@ -156,6 +180,7 @@ fn parse_options() -> Result<Options, String> {
             "--seed" => o.seed = number("--seed", &value("--seed")?)? as u64,
             "--keep-logs" => o.keep_logs = Some(PathBuf::from(value("--keep-logs")?)),
             "--notrack" => o.notrack = true,
+            "--loopback" => o.loopback = true,
             "-h" | "--help" => return Err(USAGE.into()),
             other => return Err(format!("unknown argument {other:?}\n{USAGE}")),
         }
@@ -179,6 +204,7 @@ fn parse_options() -> Result<Options, String> {
 }
 
 mod common;
+use common::tun_responder::Responder;
 use common::*;
 
 /// Runs `program args` inside `ns`; its stderr on failure.
@@ -213,21 +239,22 @@ fn vip_of(i: usize) -> String {
     format!("{addr}:{}", 80 + i / (256 * 200))
 }
 
-/// Address of backend number `j` (over all services): 127.(1..).(0..=255).(1..=250).
-fn backend_ip(j: usize) -> Ipv4Addr {
+/// Address of backend number `j` (over all services): 10.(64..).(0..=255).(1..=250) in
+/// [`BE_RANGE`], or 127.(64..).(0..=255).(1..=250) on loopback.
+fn backend_ip(j: usize, loopback: bool) -> Ipv4Addr {
     Ipv4Addr::new(
-        127,
-        (1 + j / (256 * 250)) as u8,
+        if loopback { 127 } else { 10 },
+        (64 + j / (256 * 250)) as u8,
         ((j / 250) % 256) as u8,
         (j % 250 + 1) as u8,
     )
 }
 
-fn backend_addr(j: usize) -> String {
-    format!("{}:{PORT}", backend_ip(j))
+fn backend_addr(j: usize, loopback: bool) -> String {
+    format!("{}:{PORT}", backend_ip(j, loopback))
 }
 
-fn config_toml(size: Size, dir: &Path) -> String {
+fn config_toml(size: Size, dir: &Path, loopback: bool) -> String {
     let Size { services, backends } = size;
     let mut out = String::with_capacity(services * (250 + backends * 50));
     let _ = write!(
@@ -250,7 +277,7 @@ fn config_toml(size: Size, dir: &Path) -> String {
             let _ = write!(
                 out,
                 "[[service.backend]]\naddress = \"{}\"\n",
-                backend_addr(i * backends + k)
+                backend_addr(i * backends + k, loopback)
             );
         }
     }
@@ -271,7 +298,7 @@ struct Listener {
 }
 
 impl Listener {
-    fn start(ns: &Netns) -> Result<Listener, String> {
+    fn start(ns: &Netns, cpu: Option<usize>) -> Result<Listener, String> {
         let path = ns.path();
         let stop = Arc::new(AtomicBool::new(false));
         let accepted = Arc::new(AtomicU64::new(0));
@@ -282,6 +309,9 @@ impl Listener {
             let setup = || -> Result<TcpListener, String> {
                 let file = File::open(&path).map_err(|e| format!("open {path}: {e}"))?;
                 setns(&file, CloneFlags::CLONE_NEWNET).map_err(|e| format!("setns {path}: {e}"))?;
+                if let Some(cpu) = cpu {
+                    pin_to(cpu)?;
+                }
                 let l = TcpListener::bind((Ipv4Addr::UNSPECIFIED, PORT))
                     .map_err(|e| format!("bind 0.0.0.0:{PORT}: {e}"))?;
                 // A deep accept queue: probes come in bursts (std listens with 128).
@@ -342,11 +372,6 @@ impl Listener {
 
     fn accepted(&self) -> u64 {
         self.accepted.load(Ordering::Relaxed)
-    }
-
-    /// CPU ticks of the listener thread.
-    fn ticks(&self) -> Option<u64> {
-        cpu_ticks(&format!("/proc/self/task/{}/stat", self.tid))
     }
 }
 
@@ -427,13 +452,19 @@ struct Natlb {
 }
 
 impl Natlb {
-    fn start(ns: &Netns, config: &Path, log: &Path) -> Result<Natlb, String> {
+    fn start(ns: &Netns, config: &Path, log: &Path, cpu: Option<usize>) -> Result<Natlb, String> {
         let bin = env!("CARGO_BIN_EXE_natlb");
         let mut file =
             LineWriter::new(File::create(log).map_err(|e| format!("create {log:?}: {e}"))?);
-        // `ip netns exec` execs the command: the child's pid is natlb's.
-        let child = command("ip")
-            .args(["netns", "exec", ns.name(), bin, "run", "-c"])
+        // `ip netns exec` and `taskset` exec the command: the child's pid is natlb's, and every
+        // thread natlb starts inherits the CPU set.
+        let mut cmd = command("ip");
+        cmd.args(["netns", "exec", ns.name()]);
+        if let Some(cpu) = cpu {
+            cmd.args(["taskset", "-c", &cpu.to_string()]);
+        }
+        let child = cmd
+            .args([bin, "run", "-c"])
             .arg(config)
             .env("NATLB_LOG", "info")
             .stdin(Stdio::null())
@@ -676,6 +707,12 @@ fn net_stats(ns: &Netns) -> NetStats {
     })
 }
 
+/// Busy share, %, between two (idle, total) readings.
+fn busy_pct(a: Option<(u64, u64)>, b: Option<(u64, u64)>) -> Option<f64> {
+    let ((i0, t0), (i1, t1)) = a.zip(b)?;
+    (t1 > t0).then(|| 100.0 * (1.0 - (i1 - i0) as f64 / (t1 - t0) as f64))
+}
+
 /// Median and p99 (nearest rank) of `v`.
 fn median_p99(v: &[f64]) -> (f64, f64) {
     if v.is_empty() {
@@ -705,6 +742,8 @@ struct Cpu {
     listener_pct: Option<f64>,
     /// All CPUs busy, % of the machine.
     machine_pct: Option<f64>,
+    /// The CPU natlb is pinned to, busy (natlb, softirq, anything else), % of that CPU.
+    natlb_cpu_busy_pct: Option<f64>,
     rss_kb: Option<u64>,
     hwm_kb: Option<u64>,
     threads: Option<u64>,
@@ -767,30 +806,118 @@ impl SizeResult {
 // ---------------------------------------------------------------------------------------------
 
 /// The block set: this program's own table in the namespace. Probes to an address in
-/// `@blocked` port 8080 are answered with a TCP reset: "connection refused".
-/// With `notrack`, a raw-priority chain also exempts every probe connection (both directions:
-/// both ends are local) from conntrack.
-fn block_table_script(notrack: bool) -> String {
-    let raw = if notrack {
-        format!(
-            "\tchain raw_output {{\n\
-             \t\ttype filter hook output priority raw; policy accept;\n\
-             \t\ttcp dport {PORT} notrack\n\
-             \t\ttcp sport {PORT} notrack\n\
-             \t}}\n"
-        )
-    } else {
-        String::new()
-    };
+/// `@blocked` port 8080 are answered with a TCP reset: "connection refused" (input hook, with
+/// `--loopback`).
+fn block_table_script() -> String {
     format!(
         "table inet {BLOCK_TABLE} {{\n\
          \tset blocked {{ type ipv4_addr; }}\n\
-         \tchain output {{\n\
-         \t\ttype filter hook output priority filter; policy accept;\n\
+         \tchain input {{\n\
+         \t\ttype filter hook input priority filter; policy accept;\n\
          \t\tip daddr @blocked tcp dport {PORT} reject with tcp reset\n\
          \t}}\n\
-         {raw}}}\n"
+         }}\n"
     )
+}
+
+/// `--notrack`, in natlb's namespace: raw-priority chains exempt every probe connection (both
+/// directions) from conntrack.
+fn notrack_script() -> String {
+    format!(
+        "table inet {NOTRACK_TABLE} {{\n\
+         \tchain raw_output {{\n\
+         \t\ttype filter hook output priority raw; policy accept;\n\
+         \t\ttcp dport {PORT} notrack\n\
+         \t\ttcp sport {PORT} notrack\n\
+         \t}}\n\
+         \tchain raw_prerouting {{\n\
+         \t\ttype filter hook prerouting priority raw; policy accept;\n\
+         \t\ttcp dport {PORT} notrack\n\
+         \t\ttcp sport {PORT} notrack\n\
+         \t}}\n\
+         }}\n"
+    )
+}
+
+/// Where natlb and the backends run.
+struct Topology {
+    /// natlb's namespace: the gateway.
+    gw: Netns,
+    backends: Backends,
+    /// The CPU natlb is pinned to (remote backends, two or more CPUs).
+    natlb_cpu: Option<usize>,
+}
+
+enum Backends {
+    /// Every backend address routed to a TUN device whose SYNs this program answers.
+    Remote(Responder),
+    /// `--loopback`: a listener in natlb's namespace, and the block table there.
+    Loopback(Listener),
+}
+
+impl Topology {
+    fn new(o: &Options, dir: &TempDir) -> Result<Topology, String> {
+        let gw = Netns::new("h");
+        run_in(&gw, "ip", &["link", "set", "lo", "up"])?;
+        if o.notrack {
+            let script = dir.write("notrack.nft", &notrack_script());
+            run_in(&gw, "nft", &["-f", &script.to_string_lossy()])?;
+        }
+        if o.loopback {
+            let script = dir.write("block.nft", &block_table_script());
+            run_in(&gw, "nft", &["-f", &script.to_string_lossy()])?;
+            let listener = Listener::start(&gw, None).map_err(|e| format!("listener: {e}"))?;
+            return Ok(Topology {
+                gw,
+                backends: Backends::Loopback(listener),
+                natlb_cpu: None,
+            });
+        }
+        // natlb on CPU 0, the responder (the "network") on CPU 1.
+        let two = std::thread::available_parallelism().map_or(1, |n| n.get()) >= 2;
+        let responder = Responder::start(
+            &gw.path(),
+            TUN_LINK,
+            TUN_LOCAL,
+            TUN_PEER,
+            PORT,
+            two.then_some(1),
+        )
+        .map_err(|e| format!("responder: {e}"))?;
+        run_in(&gw, "ip", &["route", "add", BE_RANGE, "dev", TUN_LINK])?;
+        Ok(Topology {
+            gw,
+            backends: Backends::Remote(responder),
+            natlb_cpu: two.then_some(0),
+        })
+    }
+
+    /// Probe connections answered so far.
+    fn answered(&self) -> u64 {
+        match &self.backends {
+            Backends::Remote(r) => r.answered(),
+            Backends::Loopback(l) => l.accepted(),
+        }
+    }
+
+    /// CPU ticks of the thread that plays the backends.
+    fn backends_ticks(&self) -> Option<u64> {
+        let tid = match &self.backends {
+            Backends::Remote(r) => r.tid,
+            Backends::Loopback(l) => l.tid,
+        };
+        cpu_ticks(&format!("/proc/self/task/{tid}/stat"))
+    }
+
+    fn set_blocked(&self, ip: Ipv4Addr, blocked: bool) -> Result<(), String> {
+        match &self.backends {
+            Backends::Remote(r) => {
+                r.set_blocked(ip, blocked);
+                Ok(())
+            }
+            Backends::Loopback(_) => set_blocked(&self.gw, ip, blocked),
+        }
+    }
 }
 
 fn set_blocked(ns: &Netns, ip: Ipv4Addr, blocked: bool) -> Result<(), String> {
@@ -864,8 +991,15 @@ fn run_size(o: &Options, size: Size, rng: &mut Rng, notes: &mut Vec<String>) -> 
         ..SizeResult::default()
     };
     let dir = TempDir::new();
-    eprintln!("bench: {label}: writing the config ({total} backends in 127.0.0.0/8)");
-    let text = config_toml(size, &dir.path);
+    eprintln!(
+        "bench: {label}: writing the config ({total} backends in {})",
+        if o.loopback {
+            "127.64.0.0/10"
+        } else {
+            BE_RANGE
+        }
+    );
+    let text = config_toml(size, &dir.path, o.loopback);
     // natlb's own validation must accept loopback backends; the effective probe settings.
     match natlb::config::parse("natlb.toml", &text) {
         Ok(m) => {
@@ -884,19 +1018,10 @@ fn run_size(o: &Options, size: Size, rng: &mut Rng, notes: &mut Vec<String>) -> 
     drop(text);
     let log = dir.path.join("natlb.log");
 
-    let ns = Netns::new("h");
-    let setup = run_in(&ns, "ip", &["link", "set", "lo", "up"]).and_then(|_| {
-        let script = dir.write("block.nft", &block_table_script(o.notrack));
-        run_in(&ns, "nft", &["-f", &script.to_string_lossy()])
-    });
-    if let Err(e) = setup {
-        r.error = Some(e);
-        return r;
-    }
-    let listener = match Listener::start(&ns) {
-        Ok(l) => l,
+    let topo = match Topology::new(o, &dir) {
+        Ok(t) => t,
         Err(e) => {
-            r.error = Some(format!("backend listener: {e}"));
+            r.error = Some(e);
             return r;
         }
     };
@@ -904,14 +1029,14 @@ fn run_size(o: &Options, size: Size, rng: &mut Rng, notes: &mut Vec<String>) -> 
 
     eprintln!("bench: {label}: natlb run");
     let started = Instant::now();
-    let mut natlb = match Natlb::start(&ns, &config, &log) {
+    let mut natlb = match Natlb::start(&topo.gw, &config, &log, topo.natlb_cpu) {
         Ok(n) => n,
         Err(e) => {
             r.error = Some(e);
             return r;
         }
     };
-    let outcome = measure(o, size, rng, &ns, &listener, &mut natlb, started, &mut r);
+    let outcome = measure(o, size, rng, &topo, &mut natlb, started, &mut r);
     if let Err(e) = outcome {
         eprintln!("bench: {label}: {e}");
         r.error = Some(e);
@@ -935,13 +1060,14 @@ fn run_size(o: &Options, size: Size, rng: &mut Rng, notes: &mut Vec<String>) -> 
             ),
         }
     }
-    let errors = listener.errors.load(Ordering::Relaxed);
-    if errors > 0 {
-        r.notes
-            .push(format!("the listener had {errors} accept errors"));
+    if let Backends::Loopback(l) = &topo.backends {
+        let errors = l.errors.load(Ordering::Relaxed);
+        if errors > 0 {
+            r.notes
+                .push(format!("the listener had {errors} accept errors"));
+        }
     }
-    drop(listener);
-    drop(ns);
+    drop(topo);
     r
 }
 
@@ -950,8 +1076,7 @@ fn measure(
     o: &Options,
     size: Size,
     rng: &mut Rng,
-    ns: &Netns,
-    listener: &Listener,
+    topo: &Topology,
     natlb: &mut Natlb,
     started: Instant,
     r: &mut SizeResult,
@@ -1063,14 +1188,17 @@ fn measure(
     let stat = format!("/proc/{}/stat", natlb.pid);
     let t0 = Instant::now();
     let c0 = cpu_ticks_split(&stat).ok_or("cannot read natlb's /proc stat")?;
-    let l0 = listener.ticks();
-    let a0 = listener.accepted();
+    let l0 = topo.backends_ticks();
+    let a0 = topo.answered();
     let m0 = machine_ticks();
+    let natlb_cpu = topo.natlb_cpu;
+    let g0 = natlb_cpu.and_then(cpu_ticks_of);
     drain(natlb, t0 + o.window, &mut spurious)?;
     let c1 = cpu_ticks_split(&stat).ok_or("cannot read natlb's /proc stat")?;
-    let l1 = listener.ticks();
-    let a1 = listener.accepted();
+    let l1 = topo.backends_ticks();
+    let a1 = topo.answered();
     let m1 = machine_ticks();
+    let g1 = natlb_cpu.and_then(cpu_ticks_of);
     let window = t0.elapsed();
     let (rss_kb, hwm_kb, threads) = natlb.rss();
     let hz = clock_ticks();
@@ -1080,13 +1208,12 @@ fn measure(
         sys_pct: pct(c1.1 - c0.1),
         probes_per_s: (a1 - a0) as f64 / window.as_secs_f64(),
         listener_pct: l0.zip(l1).map(|(a, b)| pct(b - a)),
-        machine_pct: m0.zip(m1).and_then(|((i0, t0), (i1, t1))| {
-            (t1 > t0).then(|| 100.0 * (1.0 - (i1 - i0) as f64 / (t1 - t0) as f64))
-        }),
+        machine_pct: busy_pct(m0, m1),
+        natlb_cpu_busy_pct: busy_pct(g0, g1),
         rss_kb,
         hwm_kb,
         threads,
-        net: net_stats(ns),
+        net: net_stats(&topo.gw),
         false_decisions: spurious.len(),
     };
     eprintln!(
@@ -1118,18 +1245,20 @@ fn measure(
         let j = loop {
             let j = rng.below(total);
             tries += 1;
-            if tries > 100_000 || (!natlb.down.contains(&backend_addr(j)) && used.insert(j)) {
+            if tries > 100_000
+                || (!natlb.down.contains(&backend_addr(j, o.loopback)) && used.insert(j))
+            {
                 break j;
             }
         };
-        let ip = backend_ip(j);
-        let addr = backend_addr(j);
+        let ip = backend_ip(j, o.loopback);
+        let addr = backend_addr(j, o.loopback);
         r.rounds_tried += 1;
-        set_blocked(ns, ip, true)?;
+        topo.set_blocked(ip, true)?;
         let blocked_at = Instant::now();
         let withdraw = wait_commit(natlb, Kind::Down, &addr, blocked_at, &mut spurious);
         // Unblocked even if natlb is gone.
-        set_blocked(ns, ip, false)?;
+        topo.set_blocked(ip, false)?;
         let unblocked_at = Instant::now();
         match withdraw? {
             Ok(w) => r.withdraws.push(w),
@@ -1152,7 +1281,7 @@ fn measure(
         ));
     }
     r.spurious = spurious;
-    r.net_end = Some((started.elapsed(), net_stats(ns)));
+    r.net_end = Some((started.elapsed(), net_stats(&topo.gw)));
     Ok(())
 }
 
@@ -1183,10 +1312,25 @@ fn report(sizes: &[Size], results: &[SizeResult], notes: &[String], o: &Options)
         .map(|r| r.health.as_str())
         .find(|h| !h.is_empty())
         .unwrap_or("n/a");
+    let where_ = if o.loopback {
+        "127.64.0.0/10 addresses on natlb's own loopback, one listener thread accepts and \
+         closes (--loopback: the kernel's work for both ends of each probe connection runs in \
+         natlb's context)"
+            .to_string()
+    } else {
+        format!(
+            "{BE_RANGE} routed to a TUN device; one responder thread answers every SYN with a \
+             SYN-ACK, like remote hosts{}",
+            if std::thread::available_parallelism().map_or(1, |n| n.get()) >= 2 {
+                " (natlb pinned to CPU 0, the responder to CPU 1)"
+            } else {
+                " (one CPU: no pinning)"
+            }
+        )
+    };
     let _ = writeln!(
         out,
-        "Backends: 127.0.0.0/8 addresses on the namespace's loopback, port {PORT} (natlb's \
-         config validation accepts them); one listener thread accepts and closes. Probes: \
+        "Backends: {where_}, port {PORT}. Probes: \
          {health}. Probe connections: {}.\n",
         if o.notrack {
             "exempt from conntrack (--notrack: a raw-priority notrack rule for port 8080 in \
@@ -1205,13 +1349,13 @@ fn report(sizes: &[Size], results: &[SizeResult], notes: &[String], o: &Options)
     let _ = writeln!(
         out,
         "| services × backends | backends | probes/s | natlb CPU (% of one core) | user / sys \
-         | VmRSS | VmHWM | threads | start → running | first probes | listener thread CPU \
-         | machine busy | decisions in window (none expected) | conntrack entries (max) | \
+         | natlb's CPU busy (all causes) | VmRSS | VmHWM | threads | start → running \
+         | first probes | backends' thread CPU | machine busy | decisions in window (none expected) | conntrack entries (max) | \
          TIME_WAIT |"
     );
     let _ = writeln!(
         out,
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
     );
     for (s, r) in sizes.iter().zip(results) {
         let start = r.start.map_or("n/a".into(), |d| fmt_ms(ms(d)));
@@ -1220,7 +1364,7 @@ fn report(sizes: &[Size], results: &[SizeResult], notes: &[String], o: &Options)
             Some(c) => {
                 let _ = writeln!(
                     out,
-                    "| {} | {} | {:.0} | {:.1} % | {:.1} / {:.1} % | {} | {} | {} | {start} \
+                    "| {} | {} | {:.0} | {:.1} % | {:.1} / {:.1} % | {} | {} | {} | {} | {start} \
                      | {first} | {} | {} | {} | {} ({}) | {} |",
                     size_label(*s),
                     r.backends_total,
@@ -1228,6 +1372,7 @@ fn report(sizes: &[Size], results: &[SizeResult], notes: &[String], o: &Options)
                     c.user_pct + c.sys_pct,
                     c.user_pct,
                     c.sys_pct,
+                    pct(c.natlb_cpu_busy_pct),
                     mb(c.rss_kb),
                     mb(c.hwm_kb),
                     c.threads.map_or("n/a".into(), |t| t.to_string()),
@@ -1242,7 +1387,7 @@ fn report(sizes: &[Size], results: &[SizeResult], notes: &[String], o: &Options)
             None => {
                 let _ = writeln!(
                     out,
-                    "| {} | {} | failed | | | | | | {start} | {first} | | | | | |",
+                    "| {} | {} | failed | | | | | | | {start} | {first} | | | | | |",
                     size_label(*s),
                     r.backends_total
                 );
@@ -1251,9 +1396,11 @@ fn report(sizes: &[Size], results: &[SizeResult], notes: &[String], o: &Options)
     }
     let _ = writeln!(
         out,
-        "\nCPU = natlb's utime + stime over the window (loopback: the kernel's handling of both \
-         ends of a probe connection is mostly charged to natlb's system time). VmHWM = peak \
-         RSS since start (includes the cold install). machine busy = all CPUs ({} online).\n",
+        "\nCPU = natlb's utime + stime over the window. backends' thread = the responder (its \
+         system time includes the gateway's handling of every SYN-ACK it writes, so natlb + \
+         responder bounds the gateway's whole cost) or, with --loopback, the listener. natlb's \
+         CPU busy = the CPU natlb is pinned to, busy for any cause, n/a without pinning. VmHWM = peak RSS since start (includes the cold \
+         install). machine busy = all CPUs ({} online).\n",
         std::thread::available_parallelism().map_or(0, |n| n.get())
     );
 

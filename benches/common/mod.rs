@@ -2,6 +2,8 @@
 //! Drop guards and, on SIGINT / SIGTERM / SIGHUP, by a watcher thread.
 #![allow(dead_code)]
 
+pub mod tun_responder;
+
 use std::fs::File;
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
@@ -247,8 +249,20 @@ impl Rng {
 
 /// (idle, total) jiffies of all CPUs.
 pub fn machine_ticks() -> Option<(u64, u64)> {
+    stat_ticks("cpu")
+}
+
+/// (idle, total) jiffies of CPU `n`.
+pub fn cpu_ticks_of(n: usize) -> Option<(u64, u64)> {
+    stat_ticks(&format!("cpu{n}"))
+}
+
+/// (idle, total) jiffies of the /proc/stat line named `name`.
+fn stat_ticks(name: &str) -> Option<(u64, u64)> {
     let stat = std::fs::read_to_string("/proc/stat").ok()?;
-    let line = stat.lines().next()?;
+    let line = stat
+        .lines()
+        .find(|l| l.split_whitespace().next() == Some(name))?;
     let v: Vec<u64> = line
         .split_whitespace()
         .skip(1)
@@ -307,4 +321,12 @@ pub fn thousands(n: usize) -> String {
     } else {
         n.to_string()
     }
+}
+
+/// Pins the calling thread to one CPU.
+pub fn pin_to(cpu: usize) -> Result<(), String> {
+    let mut set = nix::sched::CpuSet::new();
+    set.set(cpu).map_err(|e| format!("CPU {cpu}: {e}"))?;
+    nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set)
+        .map_err(|e| format!("pin to CPU {cpu}: {e}"))
 }
