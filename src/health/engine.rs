@@ -9,11 +9,12 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
-use tokio::time::sleep;
+use tokio::time::{Instant, sleep, sleep_until};
 
 use super::probe::{Outcome, Target, probe};
 use super::state::{Hysteresis, State, Transition};
@@ -70,6 +71,23 @@ fn jittered(d: Duration) -> Duration {
     d.mul_f64(0.9 + 0.2 * fastrand::f64())
 }
 
+/// Probes start on multiples of this tick (counted from the engine's first use), so that the
+/// daemon wakes once for the probes of a tick instead of once for each: at ten thousand probes
+/// a second, waking and sleeping costs more than the probes' own system calls. A probe comes at
+/// most one tick late.
+const PROBE_TICK: Duration = Duration::from_millis(10);
+
+/// The first tick at or after `after` from now.
+fn on_tick(after: Duration) -> Instant {
+    static EPOCH: OnceLock<std::time::Instant> = OnceLock::new();
+    let epoch = Instant::from_std(*EPOCH.get_or_init(std::time::Instant::now));
+    let due = Instant::now() + after;
+    let since = due.saturating_duration_since(epoch).as_nanos();
+    let tick = PROBE_TICK.as_nanos();
+    let ticks = since.div_ceil(tick);
+    epoch + Duration::from_nanos(u64::try_from(ticks * tick).unwrap_or(u64::MAX))
+}
+
 /// Probes with `check` forever: waits, probes, records, reports transitions.
 pub async fn probe_loop<F, Fut>(
     key: BackendKey,
@@ -102,7 +120,7 @@ pub async fn probe_loop<F, Fut>(
         } else {
             h.interval
         };
-        sleep(jittered(wait)).await;
+        sleep_until(on_tick(jittered(wait))).await;
     }
 }
 
