@@ -11,11 +11,13 @@
 # minutes.
 #
 # Health benchmark (--health, anywhere on the line; the other options then go to it): the real
-# daemon probing 10k TCP backends (127.0.0.0/8 on the namespace's loopback) at 1 s: natlb's CPU
-# and RSS, and probe decision -> kernel commit times for backends it makes fail one at a time.
+# daemon probing 10k TCP backends at 1 s (remote hosts played by a TUN device and a responder
+# thread; --loopback: a listener on the namespace's loopback): natlb's CPU and RSS, and probe
+# decision -> kernel commit times for backends it makes fail one at a time.
 #
 #   sudo scripts/bench.sh --health [--sizes 10000x1,1000x10,10000x2] [--rounds 30]
 #                                  [--window SECONDS] [--seed S] [--keep-logs DIR] [--notrack]
+#                                  [--loopback]
 #
 # Same as `cargo bench --bench health -- [options]` run as root. The full run takes about 8
 # minutes (more when probes fail by themselves: see --notrack in benches/health.rs).

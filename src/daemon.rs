@@ -34,6 +34,8 @@ pub enum DaemonError {
     Nft(#[from] NftError),
     #[error("cannot install signal handlers: {0}")]
     Signals(std::io::Error),
+    #[error("cannot start the probe thread: {0}")]
+    ProbeThread(std::io::Error),
     #[error("{0}")]
     Refused(String),
 }
@@ -175,7 +177,7 @@ impl Daemon {
             );
         }
         remember_table(&model, &want.table);
-        let mut engine = Engine::new(reports);
+        let mut engine = Engine::new(reports).map_err(DaemonError::ProbeThread)?;
         engine.sync(&model.services, |k| board.state(&k.service, k.backend));
         if engine.probed() > 0 {
             info!(

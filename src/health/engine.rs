@@ -125,17 +125,38 @@ pub async fn probe_loop<F, Fut>(
 }
 
 /// The running probe tasks, by backend.
+///
+/// They run on a runtime of their own, on its own thread: the daemon's loop (decisions,
+/// commits, reloads) then never waits behind a tick's worth of probes, and the probes never wait
+/// behind a commit.
 pub struct Engine {
     tasks: HashMap<BackendKey, (ProbeSpec, JoinHandle<()>)>,
     reports: mpsc::UnboundedSender<Report>,
+    probes: tokio::runtime::Handle,
+    /// Dropping it stops the probe thread.
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Engine {
-    pub fn new(reports: mpsc::UnboundedSender<Report>) -> Engine {
-        Engine {
+    pub fn new(reports: mpsc::UnboundedSender<Report>) -> std::io::Result<Engine> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let probes = rt.handle().clone();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let thread = std::thread::Builder::new()
+            .name("natlb-probes".into())
+            .spawn(move || {
+                let _ = rt.block_on(stopped);
+            })?;
+        Ok(Engine {
             tasks: HashMap::new(),
             reports,
-        }
+            probes,
+            stop: Some(stop),
+            thread: Some(thread),
+        })
     }
 
     pub fn probed(&self) -> usize {
@@ -144,7 +165,7 @@ impl Engine {
 
     /// Makes the running tasks match `services`: keeps the task of every backend whose probe is
     /// unchanged (so a reload loses no probe state), starts the missing ones from `state_of`
-    /// (the last known state), stops the rest. Must run inside a tokio runtime.
+    /// (the last known state), stops the rest.
     pub fn sync(&mut self, services: &[Service], state_of: impl Fn(&BackendKey) -> State) {
         let mut wanted: HashMap<BackendKey, ProbeSpec> = HashMap::new();
         for s in services {
@@ -176,7 +197,7 @@ impl Engine {
             };
             let kind = spec.health.kind.clone();
             let limit = spec.health.timeout;
-            let task = tokio::spawn(probe_loop(
+            let task = self.probes.spawn(probe_loop(
                 key.clone(),
                 spec.clone(),
                 state_of(&key),
@@ -195,6 +216,10 @@ impl Drop for Engine {
     fn drop(&mut self) {
         for (_, task) in self.tasks.values() {
             task.abort();
+        }
+        drop(self.stop.take());
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
         }
     }
 }
