@@ -29,8 +29,8 @@ use nix::sys::signal::{self, Signal};
 use nix::unistd::Pid;
 
 use natlb::model::{
-    Backend, Conntrack, Daemon, Health, HealthKind, Model, OnAllDown, OnBackendDown, Protocol,
-    Scheduler, Service, Snat, Vip,
+    Backend, Conntrack, Daemon, HashFields, Health, HealthKind, Model, OnAllDown, OnBackendDown,
+    Protocol, Scheduler, Service, Snat, Vip,
 };
 use natlb::nft::{Change, CommitStats, Installed, Nft};
 use natlb::reconcile::{self, Plan};
@@ -136,6 +136,7 @@ fn build_model(services: usize, backends: usize) -> Model {
             state_dir: "/tmp/natlb-bench-state".into(),
             metrics: None,
             keep_rules_on_exit: true,
+            hash_seed: 0,
         },
         conntrack: Conntrack::default(),
         sysctl: Default::default(),
@@ -150,6 +151,7 @@ fn build_model(services: usize, backends: usize) -> Model {
                         port: vip.port(),
                     },
                     scheduler: Scheduler::Weighted,
+                    hash: HashFields::Address,
                     persistence: None,
                     snat: Snat::Masquerade,
                     on_all_down: OnAllDown::Reject,
@@ -298,8 +300,8 @@ fn change(
 ) {
     let started = Instant::now();
     let deltas = reconcile::diff_elements(
-        &service_elements(svc, before),
-        &service_elements(svc, after),
+        &service_elements(svc, 0, before),
+        &service_elements(svc, 0, after),
     );
     let render_diff = started.elapsed();
     let elements = deltas.iter().map(|d| d.remove.len() + d.add.len()).sum();

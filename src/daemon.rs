@@ -216,14 +216,15 @@ impl Daemon {
             return;
         }
         let mut deltas = Vec::new();
+        let seed = self.model.daemon.hash_seed;
         for (&i, reps) in &by_service {
             let service = &self.model.services[i];
             let board = &mut self.board;
-            let before = render::service_elements(service, |s, b| board.is_up(s, b));
+            let before = render::service_elements(service, seed, |s, b| board.is_up(s, b));
             for r in reps {
                 board.set(&r.key, r.transition.to);
             }
-            let after = render::service_elements(service, |s, b| board.is_up(s, b));
+            let after = render::service_elements(service, seed, |s, b| board.is_up(s, b));
             deltas.extend(reconcile::diff_elements(&before, &after));
         }
         let result = if deltas.is_empty() {

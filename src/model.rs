@@ -28,6 +28,9 @@ pub struct Daemon {
     pub state_dir: PathBuf,
     pub metrics: Option<SocketAddr>,
     pub keep_rules_on_exit: bool,
+    /// Seed of the `source-hash` scheduler's hash: gateways with the same seed (and config)
+    /// send a client to the same backend.
+    pub hash_seed: u32,
 }
 
 /// `[conntrack]`: every knob is optional; `None` leaves the kernel's value alone.
@@ -80,6 +83,27 @@ impl Scheduler {
             Scheduler::RoundRobin => "round-robin",
             Scheduler::SourceHash => "source-hash",
             Scheduler::LeastConn => "least-conn",
+        }
+    }
+}
+
+/// What the `source-hash` scheduler hashes to pick a backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
+pub enum HashFields {
+    /// The client's address: every connection of a client goes to the same backend.
+    #[default]
+    Address,
+    /// The client's address and source port: spreads one client's connections, keeps each
+    /// connection's packets together (what matters for UDP without conntrack state).
+    AddressPort,
+}
+
+impl HashFields {
+    /// The name the config uses.
+    pub fn name(self) -> &'static str {
+        match self {
+            HashFields::Address => "address",
+            HashFields::AddressPort => "address-port",
         }
     }
 }
@@ -156,6 +180,8 @@ pub struct Service {
     pub name: String,
     pub vip: Vip,
     pub scheduler: Scheduler,
+    /// What `source-hash` hashes; ignored by the other schedulers.
+    pub hash: HashFields,
     pub persistence: Option<Duration>,
     pub snat: Snat,
     pub on_all_down: OnAllDown,

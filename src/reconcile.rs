@@ -156,6 +156,7 @@ mod tests {
         let mut rs = Ruleset {
             table: "natlb".into(),
             comment: "c".into(),
+            hash_seed: 0,
             sets: crate::render::layout::sets(),
             chains: vec![],
             elements: Default::default(),
@@ -218,8 +219,8 @@ mod tests {
         };
         let svc = &model.services[0];
         let deltas = diff_elements(
-            &service_elements(svc, |_, _| true),
-            &service_elements(svc, down),
+            &service_elements(svc, 0, |_, _| true),
+            &service_elements(svc, 0, down),
         );
         let mut patched = all_up.clone();
         apply_deltas(&mut patched, &deltas);

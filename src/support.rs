@@ -10,7 +10,7 @@ use crate::model::{Model, Scheduler};
 pub fn not_yet_supported(model: &Model) -> Vec<String> {
     let mut out = Vec::new();
     for s in &model.services {
-        if s.scheduler != Scheduler::Weighted {
+        if s.scheduler == Scheduler::LeastConn {
             out.push(format!(
                 "service {}: scheduler \"{}\" is not implemented yet; new connections are spread \
                  at random by weight (scheduler \"weighted\")",

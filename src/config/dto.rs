@@ -38,6 +38,7 @@ pub(super) struct DaemonDto {
     pub state_dir: Option<Spanned<String>>,
     pub metrics: Option<Spanned<String>>,
     pub keep_rules_on_exit: Option<bool>,
+    pub hash_seed: Option<Spanned<i64>>,
 }
 
 /// Integers are `i64` (TOML's integer type) rather than `u64`, so that a negative value reaches
@@ -62,6 +63,7 @@ pub(super) struct ServiceDto {
     pub listen: Option<Spanned<String>>,
     pub protocol: Option<Spanned<String>>,
     pub scheduler: Option<Spanned<String>>,
+    pub hash: Option<Spanned<String>>,
     pub persistence: Option<Spanned<DurationText>>,
     pub snat: Option<Spanned<String>>,
     pub on_all_down: Option<Spanned<String>>,

@@ -51,6 +51,7 @@ static DAEMON: Table = Table {
         ("state_dir", Shape::Value),
         ("metrics", Shape::Value),
         ("keep_rules_on_exit", Shape::Value),
+        ("hash_seed", Shape::Value),
     ],
 };
 
@@ -73,6 +74,7 @@ static SERVICE: Table = Table {
         ("listen", Shape::Value),
         ("protocol", Shape::Value),
         ("scheduler", Shape::Value),
+        ("hash", Shape::Value),
         ("persistence", Shape::Value),
         ("snat", Shape::Value),
         ("on_all_down", Shape::Value),
@@ -288,12 +290,12 @@ adress = "1.2.3.4"
             errors(text),
             [
                 "f.toml:2:1: unknown key `tabel` in [daemon]; did you mean `table`? (valid keys: \
-                 table, control_socket, state_dir, metrics, keep_rules_on_exit)",
+                 table, control_socket, state_dir, metrics, keep_rules_on_exit, hash_seed)",
                 "f.toml:5:1: unknown key `protcol` in [[service]]; did you mean `protocol`? \
-                 (valid keys: name, listen, protocol, scheduler, persistence, snat, \
+                 (valid keys: name, listen, protocol, scheduler, hash, persistence, snat, \
                  on_all_down, on_backend_down, health, backend)",
                 "f.toml:6:1: unknown key `colour` in [[service]] (valid keys: name, listen, \
-                 protocol, scheduler, persistence, snat, on_all_down, on_backend_down, health, \
+                 protocol, scheduler, hash, persistence, snat, on_all_down, on_backend_down, health, \
                  backend)",
                 "f.toml:8:1: unknown key `intervall` in [service.health]; did you mean \
                  `interval`? (valid keys: type, path, host, expect_status, payload, command, \

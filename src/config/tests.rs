@@ -104,6 +104,7 @@ fn spec_example_parses_to_the_expected_model() {
             state_dir: PathBuf::from("/var/lib/natlb"),
             metrics: Some(sa("127.0.0.1:9469")),
             keep_rules_on_exit: true,
+            hash_seed: 0,
         },
         conntrack: Conntrack {
             max: Some(524288),
@@ -122,6 +123,7 @@ fn spec_example_parses_to_the_expected_model() {
                 port: 80,
             },
             scheduler: Scheduler::Weighted,
+            hash: HashFields::Address,
             persistence: Some(Duration::from_secs(30 * 60)),
             snat: Snat::Masquerade,
             on_all_down: OnAllDown::Reject,
@@ -178,6 +180,7 @@ fn empty_file_is_all_defaults() {
             state_dir: PathBuf::from("/var/lib/natlb"),
             metrics: None,
             keep_rules_on_exit: true,
+            hash_seed: 0,
         }
     );
     assert_eq!(m.conntrack, Conntrack::default());
@@ -204,6 +207,7 @@ address = "10.0.2.1"
                 port: 53,
             },
             scheduler: Scheduler::Weighted,
+            hash: HashFields::Address,
             persistence: None,
             snat: Snat::Masquerade,
             on_all_down: OnAllDown::Reject,
@@ -1464,9 +1468,9 @@ snat = "masquerade"
         errors(text),
         [
             "t.toml:2:1: unknown key `tabel` in [daemon]; did you mean `table`? (valid keys: \
-             table, control_socket, state_dir, metrics, keep_rules_on_exit)",
+             table, control_socket, state_dir, metrics, keep_rules_on_exit, hash_seed)",
             "t.toml:7:1: unknown key `protcol` in [[service]]; did you mean `protocol`? (valid \
-             keys: name, listen, protocol, scheduler, persistence, snat, on_all_down, \
+             keys: name, listen, protocol, scheduler, hash, persistence, snat, on_all_down, \
              on_backend_down, health, backend)",
             "t.toml:10:11: backend 10.0.1.11:8080 is IPv4 but the service listens on IPv6 \
              [2001:db8::10]:80; use an IPv6 backend address",
@@ -1566,5 +1570,39 @@ fn too_many_backends_for_a_slot_table() {
     assert!(
         e.contains("257 backends") && e.contains("at most 256"),
         "{e}"
+    );
+}
+
+#[test]
+fn source_hash_settings() {
+    let m = parse(
+        "t.toml",
+        &format!(
+            "[daemon]\nhash_seed = 4294967295\n{}",
+            service_with("scheduler = \"source-hash\"\nhash = \"address-port\"")
+        ),
+    )
+    .unwrap();
+    assert_eq!(m.daemon.hash_seed, u32::MAX);
+    assert_eq!(m.services[0].hash, HashFields::AddressPort);
+    assert_eq!(
+        parse("t.toml", &service_with("")).unwrap().services[0].hash,
+        HashFields::Address
+    );
+    assert_eq!(
+        error(&service_with("hash = \"address\"")),
+        "t.toml:4:8: hash applies only to scheduler = \"source-hash\" (this service uses \
+         \"weighted\"); remove it or change the scheduler"
+    );
+    assert_eq!(
+        error(&service_with(
+            "scheduler = \"source-hash\"\nhash = \"port\""
+        )),
+        "t.toml:5:8: unknown hash `port`; use `address` or `address-port`"
+    );
+    assert_eq!(
+        error(&format!("[daemon]\nhash_seed = -1\n{}", service_with(""))),
+        "t.toml:2:13: hash_seed -1 is out of range; use an integer from 0 to 4294967295 (the \
+         kernel's jhash takes a 32-bit seed)"
     );
 }

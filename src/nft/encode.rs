@@ -101,7 +101,7 @@ impl Drop for TableMsg {
     }
 }
 
-/// `NEWCHAIN` of a base chain of type nat.
+/// `NEWCHAIN` of a base chain (nat or filter) or of a regular chain.
 pub struct ChainMsg {
     chain: NonNull<sys::nftnl_chain>,
 }
@@ -109,11 +109,6 @@ pub struct ChainMsg {
 impl ChainMsg {
     pub fn new(table: &str, spec: &ChainSpec) -> ChainMsg {
         let (table, name) = (cstring(table), cstring(&spec.name));
-        let hook = match spec.hook {
-            Hook::Prerouting => libc::NF_INET_PRE_ROUTING,
-            Hook::Output => libc::NF_INET_LOCAL_OUT,
-            Hook::Postrouting => libc::NF_INET_POST_ROUTING,
-        } as u32;
         // SAFETY: fresh object, setters copy their input.
         unsafe {
             let c = NonNull::new(sys::nftnl_chain_alloc()).expect("out of memory");
@@ -121,14 +116,21 @@ impl ChainMsg {
             sys::nftnl_chain_set_str(p, sys::NFTNL_CHAIN_TABLE as u16, table.as_ptr());
             sys::nftnl_chain_set_str(p, sys::NFTNL_CHAIN_NAME as u16, name.as_ptr());
             sys::nftnl_chain_set_u32(p, sys::NFTNL_CHAIN_FAMILY as u16, u32::from(NFPROTO_INET));
-            sys::nftnl_chain_set_u32(p, sys::NFTNL_CHAIN_HOOKNUM as u16, hook);
-            sys::nftnl_chain_set_s32(p, sys::NFTNL_CHAIN_PRIO as u16, spec.priority);
-            let kind = match spec.kind {
-                ChainKind::Nat => c"nat",
-                ChainKind::Filter => c"filter",
-            };
-            sys::nftnl_chain_set_str(p, sys::NFTNL_CHAIN_TYPE as u16, kind.as_ptr());
-            sys::nftnl_chain_set_u32(p, sys::NFTNL_CHAIN_POLICY as u16, libc::NF_ACCEPT as u32);
+            if let Some(base) = &spec.base {
+                let hook = match base.hook {
+                    Hook::Prerouting => libc::NF_INET_PRE_ROUTING,
+                    Hook::Output => libc::NF_INET_LOCAL_OUT,
+                    Hook::Postrouting => libc::NF_INET_POST_ROUTING,
+                } as u32;
+                sys::nftnl_chain_set_u32(p, sys::NFTNL_CHAIN_HOOKNUM as u16, hook);
+                sys::nftnl_chain_set_s32(p, sys::NFTNL_CHAIN_PRIO as u16, base.priority);
+                let kind = match base.kind {
+                    ChainKind::Nat => c"nat",
+                    ChainKind::Filter => c"filter",
+                };
+                sys::nftnl_chain_set_str(p, sys::NFTNL_CHAIN_TYPE as u16, kind.as_ptr());
+                sys::nftnl_chain_set_u32(p, sys::NFTNL_CHAIN_POLICY as u16, libc::NF_ACCEPT as u32);
+            }
             ChainMsg { chain: c }
         }
     }
@@ -421,6 +423,9 @@ fn expr_alloc(name: &std::ffi::CStr) -> NonNull<sys::nftnl_expr> {
 }
 
 /// Builds one libnftnl expression. The caller takes ownership.
+/// `NFT_HASH_JENKINS` of `enum nft_hash_types` (not in the libc crate).
+const NFT_HASH_JENKINS: u32 = 0;
+
 fn build_expr(e: &Expr, set_id: &impl Fn(&str) -> u32) -> NonNull<sys::nftnl_expr> {
     use sys::{
         nftnl_expr_set as set_data, nftnl_expr_set_u8 as set_u8, nftnl_expr_set_u32 as set_u32,
@@ -500,14 +505,56 @@ fn build_expr(e: &Expr, set_id: &impl Fn(&str) -> u32) -> NonNull<sys::nftnl_exp
                 );
                 x
             }
-            Expr::Numgen { dreg, modulus } => {
+            Expr::Numgen { dreg, modulus, inc } => {
                 let x = expr_alloc(c"numgen");
                 set_u32(x.as_ptr(), sys::NFTNL_EXPR_NG_DREG as u16, *dreg);
                 set_u32(x.as_ptr(), sys::NFTNL_EXPR_NG_MODULUS as u16, *modulus);
+                let ty = if *inc {
+                    libc::NFT_NG_INCREMENTAL
+                } else {
+                    libc::NFT_NG_RANDOM
+                };
+                set_u32(x.as_ptr(), sys::NFTNL_EXPR_NG_TYPE as u16, ty as u32);
+                x
+            }
+            Expr::Jhash {
+                sreg,
+                len,
+                dreg,
+                modulus,
+                seed,
+            } => {
+                let x = expr_alloc(c"hash");
+                set_u32(x.as_ptr(), sys::NFTNL_EXPR_HASH_SREG as u16, *sreg);
+                set_u32(x.as_ptr(), sys::NFTNL_EXPR_HASH_DREG as u16, *dreg);
+                set_u32(x.as_ptr(), sys::NFTNL_EXPR_HASH_LEN as u16, *len);
+                set_u32(x.as_ptr(), sys::NFTNL_EXPR_HASH_MODULUS as u16, *modulus);
+                set_u32(x.as_ptr(), sys::NFTNL_EXPR_HASH_SEED as u16, *seed);
+                set_u32(x.as_ptr(), sys::NFTNL_EXPR_HASH_OFFSET as u16, 0);
                 set_u32(
                     x.as_ptr(),
-                    sys::NFTNL_EXPR_NG_TYPE as u16,
-                    libc::NFT_NG_RANDOM as u32,
+                    sys::NFTNL_EXPR_HASH_TYPE as u16,
+                    NFT_HASH_JENKINS,
+                );
+                x
+            }
+            Expr::Goto(chain) => {
+                let x = expr_alloc(c"immediate");
+                let name = cstring(chain);
+                set_u32(
+                    x.as_ptr(),
+                    sys::NFTNL_EXPR_IMM_DREG as u16,
+                    libc::NFT_REG_VERDICT as u32,
+                );
+                set_u32(
+                    x.as_ptr(),
+                    sys::NFTNL_EXPR_IMM_VERDICT as u16,
+                    libc::NFT_GOTO as u32,
+                );
+                sys::nftnl_expr_set_str(
+                    x.as_ptr(),
+                    sys::NFTNL_EXPR_IMM_CHAIN as u16,
+                    name.as_ptr(),
                 );
                 x
             }

@@ -4,10 +4,11 @@
 //! objects as data for the netlink encoder. A test installs both and compares `nft list table`,
 //! so the two can never drift apart.
 
+use super::maglev;
 use super::ruleset::{
-    ChainKind, ChainSpec, CmpOp, Expr, Family, Field, Hook, NatKind, RuleSpec, SetSpec,
+    BaseChain, ChainKind, ChainSpec, CmpOp, Expr, Family, Field, Hook, NatKind, RuleSpec, SetSpec,
 };
-use crate::model::{OnAllDown, Protocol};
+use crate::model::{HashFields, OnAllDown, Protocol, Scheduler, Service};
 
 /// The slot-table sizes a service can use. Each size costs one rule per family and hook, and a
 /// new connection walks these rules until its service's size matches (set lookups, first packet
@@ -42,14 +43,101 @@ pub fn endpoint_data(f: Family) -> Vec<Field> {
     vec![Field::Daddr(f), Field::Dport]
 }
 
+/// How a service's slot is picked for a new connection. Each way has a set of the services that
+/// use it, a regular chain the nat hooks `goto` for them, and slot-table sizes of its own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Pick {
+    /// `numgen random mod T`: `weighted` (and, until it has its own, `least-conn`).
+    Random,
+    /// `numgen inc mod T`: `round-robin`. The counter belongs to the rule, so services with the
+    /// same slot count share it (see the README).
+    Counter,
+    /// `jhash` of the client address (and port) `mod M`, M prime: `source-hash`, whose slot
+    /// tables natlb fills Maglev-style.
+    Hash(HashFields),
+}
+
+/// Every way, in the order the nat chains try them.
+pub const PICKS: [Pick; 4] = [
+    Pick::Random,
+    Pick::Counter,
+    Pick::Hash(HashFields::Address),
+    Pick::Hash(HashFields::AddressPort),
+];
+
+impl Pick {
+    pub fn of(s: &Service) -> Pick {
+        match s.scheduler {
+            Scheduler::Weighted | Scheduler::LeastConn => Pick::Random,
+            Scheduler::RoundRobin => Pick::Counter,
+            Scheduler::SourceHash => Pick::Hash(s.hash),
+        }
+    }
+
+    /// The name's part: `random`, `rr`, `hash`, `hashport`.
+    pub fn tag(self) -> &'static str {
+        match self {
+            Pick::Random => "random",
+            Pick::Counter => "rr",
+            Pick::Hash(HashFields::Address) => "hash",
+            Pick::Hash(HashFields::AddressPort) => "hashport",
+        }
+    }
+
+    /// The slot-table sizes it offers.
+    pub fn sizes(self) -> &'static [u32] {
+        match self {
+            Pick::Random | Pick::Counter => &SLOT_CLASSES,
+            Pick::Hash(_) => &maglev::SIZES,
+        }
+    }
+
+    fn picked(self) -> &'static str {
+        match self {
+            Pick::Random => "picked at random",
+            Pick::Counter => "picked in turn",
+            Pick::Hash(HashFields::Address) => "picked by a hash of the client address",
+            Pick::Hash(HashFields::AddressPort) => {
+                "picked by a hash of the client address and port"
+            }
+        }
+    }
+
+    fn describe(self) -> &'static str {
+        match self {
+            Pick::Random => "a random slot (weighted)",
+            Pick::Counter => "the next slot (round-robin)",
+            Pick::Hash(HashFields::Address) => "a hash of the client address (source-hash)",
+            Pick::Hash(HashFields::AddressPort) => {
+                "a hash of the client address and port (source-hash)"
+            }
+        }
+    }
+}
+
+/// The services of a family whose slot is picked by `p`.
+pub fn pick_set_name(f: Family, p: Pick) -> String {
+    format!("by_{}{}", p.tag(), f.digit())
+}
+
+/// The regular chain the nat hooks `goto` for the services of `pick_set_name(f, p)`.
+pub fn pick_chain_name(f: Family, p: Pick) -> String {
+    format!("dnat_{}{}", p.tag(), f.digit())
+}
+
 /// Every service of a family, whatever its state: the one lookup that lets a packet to anything
 /// else leave natlb's chains at once.
 pub fn vips_set_name(f: Family) -> String {
     format!("vips{}", f.digit())
 }
 
-pub fn class_set_name(f: Family, slots: u32) -> String {
-    format!("svc{}_mod{slots}", f.digit())
+/// The services of a family whose slot is picked by `p` from a table of `slots` slots.
+pub fn class_set_name(f: Family, p: Pick, slots: u32) -> String {
+    let kind = match p {
+        Pick::Random => "mod",
+        other => other.tag(),
+    };
+    format!("svc{}_{kind}{slots}", f.digit())
 }
 
 pub fn slots_map_name(f: Family) -> String {
@@ -79,12 +167,13 @@ fn family_name(f: Family) -> &'static str {
     }
 }
 
-/// The table's comment, which names the layout version: a hash of the template and the slot
-/// sizes. A natlb that finds its table with another comment replaces the table atomically.
-pub fn table_comment() -> String {
+/// The table's comment, which names the layout version: a hash of the template, the slot sizes
+/// and the hash seed (which the source-hash rules hold). A natlb that finds its table with
+/// another comment replaces the table atomically.
+pub fn table_comment(seed: u32) -> String {
     // FNV-1a: stable across builds and platforms, unlike std's hasher.
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    let classes = format!("{SLOT_CLASSES:?}");
+    let classes = format!("{SLOT_CLASSES:?} {:?} {seed}", maglev::SIZES);
     for b in TEMPLATE.bytes().chain(classes.bytes()) {
         h ^= u64::from(b);
         h = h.wrapping_mul(0x0100_0000_01b3);
@@ -112,14 +201,31 @@ pub fn sets() -> Vec<SetSpec> {
         });
     }
     for f in FAMILIES {
-        for t in SLOT_CLASSES {
+        for p in PICKS {
             out.push(SetSpec {
-                name: class_set_name(f, t),
+                name: pick_set_name(f, p),
                 key: vip_key(f),
                 data: vec![],
                 counter: false,
-                comment: format!("{} services with {t} slots", family_name(f)),
+                comment: format!(
+                    "{} services whose backend is {}",
+                    family_name(f),
+                    p.describe()
+                ),
             });
+        }
+    }
+    for f in FAMILIES {
+        for p in PICKS {
+            for &t in p.sizes() {
+                out.push(SetSpec {
+                    name: class_set_name(f, p, t),
+                    key: vip_key(f),
+                    data: vec![],
+                    counter: false,
+                    comment: format!("{} services with {t} slots, {}", family_name(f), p.picked()),
+                });
+            }
         }
     }
     for f in FAMILIES {
@@ -185,13 +291,29 @@ pub fn sets() -> Vec<SetSpec> {
     out
 }
 
-pub fn chains() -> Vec<ChainSpec> {
-    // A new connection to anything but a VIP costs one lookup here, not one per slot class.
+/// The chains, regular ones first: a `goto` needs its chain to exist. `seed` is the jhash seed
+/// of the source-hash rules.
+pub fn chains(seed: u32) -> Vec<ChainSpec> {
+    let mut out = Vec::new();
+    for f in FAMILIES {
+        for p in PICKS {
+            out.push(ChainSpec {
+                name: pick_chain_name(f, p),
+                base: None,
+                rules: p
+                    .sizes()
+                    .iter()
+                    .map(|&t| dnat_rule(f, p, t, seed))
+                    .collect(),
+            });
+        }
+    }
+    // A new connection to anything but a VIP costs one lookup here; one to a VIP, one more per
+    // way of picking until its own, then the rules of that way's slot sizes.
     let dnat_rules: Vec<RuleSpec> = FAMILIES
         .iter()
         .flat_map(|&f| {
-            std::iter::once(not_a_vip_rule(f))
-                .chain(SLOT_CLASSES.iter().map(move |&t| dnat_rule(f, t)))
+            std::iter::once(not_a_vip_rule(f)).chain(PICKS.iter().map(move |&p| goto_rule(f, p)))
         })
         .collect();
     let mut snat_rules = Vec::new();
@@ -208,43 +330,80 @@ pub fn chains() -> Vec<ChainSpec> {
         .chain(FAMILIES.iter().map(|&f| not_a_vip_rule(f)))
         .chain(FAMILIES.iter().flat_map(|&f| all_down_rules(f)))
         .collect();
-    vec![
-        ChainSpec {
-            name: "prerouting".into(),
-            kind: ChainKind::Nat,
-            hook: Hook::Prerouting,
-            priority: libc::NF_IP_PRI_NAT_DST,
-            rules: dnat_rules.clone(),
+    let base = |name: &str, kind, hook, priority, rules| ChainSpec {
+        name: name.into(),
+        base: Some(BaseChain {
+            kind,
+            hook,
+            priority,
+        }),
+        rules,
+    };
+    out.extend([
+        base(
+            "prerouting",
+            ChainKind::Nat,
+            Hook::Prerouting,
+            libc::NF_IP_PRI_NAT_DST,
+            dnat_rules.clone(),
+        ),
+        base(
+            "output",
+            ChainKind::Nat,
+            Hook::Output,
+            libc::NF_IP_PRI_NAT_DST,
+            dnat_rules,
+        ),
+        base(
+            "postrouting",
+            ChainKind::Nat,
+            Hook::Postrouting,
+            libc::NF_IP_PRI_NAT_SRC,
+            snat_rules,
+        ),
+        base(
+            "all_down",
+            ChainKind::Filter,
+            Hook::Prerouting,
+            FILTER_AFTER_DNAT,
+            down_rules.clone(),
+        ),
+        base(
+            "all_down_output",
+            ChainKind::Filter,
+            Hook::Output,
+            FILTER_AFTER_DNAT,
+            down_rules,
+        ),
+    ]);
+    out
+}
+
+/// `ip daddr . meta l4proto . th dport @by_rr4 goto dnat_rr4`
+fn goto_rule(f: Family, p: Pick) -> RuleSpec {
+    let mut e = vec![
+        Expr::Meta {
+            key: libc::NFT_META_NFPROTO as u32,
+            dreg: REG1,
         },
-        ChainSpec {
-            name: "output".into(),
-            kind: ChainKind::Nat,
-            hook: Hook::Output,
-            priority: libc::NF_IP_PRI_NAT_DST,
-            rules: dnat_rules,
+        Expr::Cmp {
+            sreg: REG1,
+            op: CmpOp::Eq,
+            data: vec![f.nfproto()],
         },
-        ChainSpec {
-            name: "postrouting".into(),
-            kind: ChainKind::Nat,
-            hook: Hook::Postrouting,
-            priority: libc::NF_IP_PRI_NAT_SRC,
-            rules: snat_rules,
-        },
-        ChainSpec {
-            name: "all_down".into(),
-            kind: ChainKind::Filter,
-            hook: Hook::Prerouting,
-            priority: FILTER_AFTER_DNAT,
-            rules: down_rules.clone(),
-        },
-        ChainSpec {
-            name: "all_down_output".into(),
-            kind: ChainKind::Filter,
-            hook: Hook::Output,
-            priority: FILTER_AFTER_DNAT,
-            rules: down_rules,
-        },
-    ]
+    ];
+    load_vip_key(f, false, &mut e);
+    e.push(Expr::Lookup {
+        sreg: REG1,
+        set: pick_set_name(f, p),
+        dreg: None,
+        invert: false,
+    });
+    e.push(Expr::Goto(pick_chain_name(f, p)));
+    RuleSpec {
+        exprs: e,
+        comment: String::new(),
+    }
 }
 
 /// `ip daddr . meta l4proto . th dport != @vips4 accept`
@@ -427,8 +586,9 @@ const IPS_DST_NAT: u32 = 1 << 5;
 const IP_CT_DIR_ORIGINAL: u8 = 0;
 
 /// `ip daddr . meta l4proto . th dport @svc4_modT dnat ip to ip daddr . meta l4proto . th dport
-/// . numgen random mod T map @slots4`
-fn dnat_rule(f: Family, slots: u32) -> RuleSpec {
+/// . numgen random mod T map @slots4`, with `numgen inc` or `jhash ip saddr [. th sport] ... seed
+/// S` in place of `numgen random` for the other ways of picking.
+fn dnat_rule(f: Family, p: Pick, slots: u32, seed: u32) -> RuleSpec {
     let mut e = vec![
         Expr::Meta {
             key: libc::NFT_META_NFPROTO as u32,
@@ -443,15 +603,49 @@ fn dnat_rule(f: Family, slots: u32) -> RuleSpec {
     load_vip_key(f, false, &mut e);
     e.push(Expr::Lookup {
         sreg: REG1,
-        set: class_set_name(f, slots),
+        set: class_set_name(f, p, slots),
         dreg: None,
         invert: false,
     });
     let slot_word = load_vip_key(f, false, &mut e);
-    e.push(Expr::Numgen {
-        dreg: reg_at_word(slot_word),
-        modulus: slots,
-    });
+    match p {
+        Pick::Random | Pick::Counter => e.push(Expr::Numgen {
+            dreg: reg_at_word(slot_word),
+            modulus: slots,
+            inc: p == Pick::Counter,
+        }),
+        Pick::Hash(fields) => {
+            // nft puts the hashed fields in the registers after the whole map key's, one
+            // 16-byte register further on.
+            let src = slot_word + 1 + 4;
+            e.push(Expr::Payload {
+                base: libc::NFT_PAYLOAD_NETWORK_HEADER as u32,
+                offset: match f {
+                    Family::V4 => 12,
+                    Family::V6 => 8,
+                },
+                len: f.addr_len(),
+                dreg: reg_at_word(src),
+            });
+            let mut len = f.addr_len();
+            if fields == HashFields::AddressPort {
+                e.push(Expr::Payload {
+                    base: libc::NFT_PAYLOAD_TRANSPORT_HEADER as u32,
+                    offset: 0,
+                    len: 2,
+                    dreg: reg_at_word(src + f.addr_len() / 4),
+                });
+                len += 4;
+            }
+            e.push(Expr::Jhash {
+                sreg: reg_at_word(src),
+                len,
+                dreg: reg_at_word(slot_word),
+                modulus: slots,
+                seed,
+            });
+        }
+    }
     e.push(Expr::Lookup {
         sreg: REG1,
         set: slots_map_name(f),
@@ -548,7 +742,7 @@ mod tests {
     #[test]
     fn every_rule_names_a_declared_set() {
         let names: Vec<String> = sets().into_iter().map(|s| s.name).collect();
-        for c in chains() {
+        for c in chains(0) {
             for r in c.rules {
                 for e in r.exprs {
                     if let Expr::Lookup { set, .. } = e {
@@ -560,15 +754,21 @@ mod tests {
     }
 
     #[test]
-    fn template_mentions_every_set() {
+    fn template_declares_every_set_and_chain() {
+        let text = super::super::script::expand_template("natlb", "c", 0);
         for s in sets() {
-            let generic = match s.name.find("_mod") {
-                Some(i) => format!("{}{{T}}", &s.name[..i + 4]),
-                None => s.name.clone(),
-            };
+            let kw = if s.is_map() { "map" } else { "set" };
             assert!(
-                TEMPLATE.contains(&format!(" {generic} {{")),
-                "{generic} missing from template"
+                text.contains(&format!("\t{kw} {} {{", s.name)),
+                "{} missing from the template",
+                s.name
+            );
+        }
+        for c in chains(0) {
+            assert!(
+                text.contains(&format!("\tchain {} {{", c.name)),
+                "{} missing from the template",
+                c.name
             );
         }
     }

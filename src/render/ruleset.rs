@@ -239,9 +239,19 @@ pub enum Expr {
         mask: Vec<u8>,
         xor: Vec<u8>,
     },
+    /// `numgen random mod N`, or `numgen inc mod N` (a counter of this expression's own).
     Numgen {
         dreg: u32,
         modulus: u32,
+        inc: bool,
+    },
+    /// `jhash <len bytes from sreg> mod N seed S`.
+    Jhash {
+        sreg: u32,
+        len: u32,
+        dreg: u32,
+        modulus: u32,
+        seed: u32,
     },
     Lookup {
         sreg: u32,
@@ -264,6 +274,8 @@ pub enum Expr {
     },
     /// The `accept` verdict: ends this chain for the packet (later hooks still see it).
     Accept,
+    /// `goto CHAIN`: continue in a regular chain and do not come back.
+    Goto(String),
     /// The `drop` verdict.
     Drop,
 }
@@ -282,7 +294,8 @@ impl Expr {
             Expr::Nat { .. } => "nat",
             Expr::Masquerade => "masq",
             Expr::Reject { .. } => "reject",
-            Expr::Accept | Expr::Drop => "immediate",
+            Expr::Jhash { .. } => "hash",
+            Expr::Accept | Expr::Drop | Expr::Goto(_) => "immediate",
         }
     }
 }
@@ -318,13 +331,20 @@ pub enum ChainKind {
     Filter,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ChainSpec {
-    pub name: String,
+/// What makes a chain a base chain: the hook it is attached to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BaseChain {
     pub kind: ChainKind,
     pub hook: Hook,
     /// `dstnat` = -100, `srcnat` = 100; the filter chains run just after DNAT (-90).
     pub priority: i32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChainSpec {
+    pub name: String,
+    /// `None`: a regular chain, entered only by `goto` from a base chain.
+    pub base: Option<BaseChain>,
     pub rules: Vec<RuleSpec>,
 }
 
@@ -346,6 +366,8 @@ pub struct Ruleset {
     /// The table's comment: names the layout version, so that a restarted natlb can tell whether
     /// the table it finds has the rules it would install.
     pub comment: String,
+    /// The source-hash rules' jhash seed (it is in `chains`; the script template needs it too).
+    pub hash_seed: u32,
     pub sets: Vec<SetSpec>,
     pub chains: Vec<ChainSpec>,
     pub elements: Elements,

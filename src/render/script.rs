@@ -3,6 +3,7 @@
 use std::fmt::Write;
 
 use super::layout::{SLOT_CLASSES, TEMPLATE};
+use super::maglev;
 use super::ruleset::{Ruleset, Value};
 
 /// Elements per `add element` statement: keeps each statement (and nft's memory) moderate.
@@ -22,25 +23,7 @@ pub fn to_script(rs: &Ruleset) -> String {
         rs.table,
         rs.table
     );
-    // The template's opening comment explains the template (its placeholders) to its readers,
-    // not the rendered script to the operator: skip it.
-    let body = TEMPLATE
-        .lines()
-        .skip_while(|l| l.starts_with('#') || l.trim().is_empty());
-    for line in body {
-        let line = line
-            .replace("{table}", &rs.table)
-            .replace("{comment}", &rs.comment);
-        if line.contains("{T}") {
-            for t in SLOT_CLASSES {
-                out.push_str(&line.replace("{T}", &t.to_string()));
-                out.push('\n');
-            }
-        } else {
-            out.push_str(&line);
-            out.push('\n');
-        }
-    }
+    out.push_str(&expand_template(&rs.table, &rs.comment, rs.hash_seed));
     for (set, elements) in &rs.elements {
         let entries: Vec<_> = elements.iter().collect();
         for chunk in entries.chunks(ELEMENTS_PER_STATEMENT) {
@@ -62,6 +45,37 @@ pub fn to_script(rs: &Ruleset) -> String {
                 );
             }
             out.push_str("}\n");
+        }
+    }
+    out
+}
+
+/// The template with its placeholders filled: the table's declarations, sets and rules.
+pub fn expand_template(table: &str, comment: &str, seed: u32) -> String {
+    let mut out = String::new();
+    // The template's opening comment explains the template (its placeholders) to its readers,
+    // not the rendered script to the operator: skip it.
+    let body = TEMPLATE
+        .lines()
+        .skip_while(|l| l.starts_with('#') || l.trim().is_empty());
+    for line in body {
+        let line = line
+            .replace("{table}", table)
+            .replace("{comment}", comment)
+            .replace("{seed}", &format!("{seed:#x}"));
+        let sizes: &[u32] = if line.contains("{T}") {
+            &SLOT_CLASSES
+        } else if line.contains("{M}") {
+            &maglev::SIZES
+        } else {
+            out.push_str(&line);
+            out.push('\n');
+            continue;
+        };
+        for t in sizes {
+            let t = t.to_string();
+            out.push_str(&line.replace("{T}", &t).replace("{M}", &t));
+            out.push('\n');
         }
     }
     out

@@ -47,12 +47,32 @@ pub(super) fn daemon(dto: &DaemonDto, d: &mut Diagnostics<'_>) -> Option<Daemon>
         },
     };
 
+    let hash_seed = match &dto.hash_seed {
+        None => Some(0),
+        Some(v) => match u32::try_from(*v.get_ref()) {
+            Ok(seed) => Some(seed),
+            Err(_) => {
+                d.error(
+                    v.span(),
+                    format!(
+                        "hash_seed {} is out of range; use an integer from 0 to {} (the \
+                         kernel's jhash takes a 32-bit seed)",
+                        v.get_ref(),
+                        u32::MAX
+                    ),
+                );
+                None
+            }
+        },
+    };
+
     Some(Daemon {
         table: table?,
         control_socket: control_socket?,
         state_dir: state_dir?,
         metrics: metrics?,
         keep_rules_on_exit: dto.keep_rules_on_exit.unwrap_or(true),
+        hash_seed: hash_seed?,
     })
 }
 

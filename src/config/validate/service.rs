@@ -13,8 +13,8 @@ use super::super::error::Diagnostics;
 use super::super::suggest::did_you_mean;
 use super::{FirstSeen, check_name, duration, keyword, required};
 use crate::model::{
-    Backend, Health, HealthKind, MAX_WEIGHT, OnAllDown, OnBackendDown, Protocol, Scheduler,
-    Service, Snat, Vip,
+    Backend, HashFields, Health, HealthKind, MAX_WEIGHT, OnAllDown, OnBackendDown, Protocol,
+    Scheduler, Service, Snat, Vip,
 };
 
 const DEFAULT_INTERVAL: Duration = Duration::from_secs(2);
@@ -132,6 +132,29 @@ fn service(dto: &Spanned<ServiceDto>, d: &mut Diagnostics<'_>) -> Checked {
         Scheduler::Weighted,
         d,
     );
+    let hash = keyword(
+        &s.hash,
+        "hash",
+        &[
+            ("address", HashFields::Address),
+            ("address-port", HashFields::AddressPort),
+        ],
+        HashFields::Address,
+        d,
+    );
+    if let (Some(h), Some(sched)) = (&s.hash, scheduler)
+        && sched != Scheduler::SourceHash
+    {
+        d.error(
+            h.span(),
+            format!(
+                "hash applies only to scheduler = \"source-hash\" (this service uses \
+                     \"{}\"); remove it or change the scheduler",
+                sched.name()
+            ),
+        );
+    }
+
     let persistence = duration(&s.persistence, "persistence", d);
     let snat = snat(&s.snat, listen.as_ref().map(|l| l.get_ref()), d);
     let on_all_down = keyword(
@@ -178,6 +201,7 @@ fn service(dto: &Spanned<ServiceDto>, d: &mut Diagnostics<'_>) -> Checked {
             name: name?,
             vip: vip.as_ref()?.0,
             scheduler: scheduler?,
+            hash: hash?,
             persistence: persistence?,
             snat: snat?,
             on_all_down: on_all_down?,
