@@ -1,6 +1,7 @@
 //! Commit benchmark: what natlb's kernel commits cost as the number of services grows.
 //!
-//! For each size N (services × backends each, weighted scheduler, weights 1, SNAT masquerade;
+//! For each size N (services × backends each, weighted scheduler unless `--scheduler` says
+//! otherwise, weights 1, SNAT masquerade;
 //! VIPs in 198.18.0.0/16, backends in 198.19.0.0/16: benchmarking ranges, nothing is sent), each
 //! in fresh network namespaces that this program creates and removes (also on panic, SIGINT and
 //! SIGTERM):
@@ -15,7 +16,7 @@
 //! Prints a markdown table on stdout (progress goes to stderr). It asserts no timings.
 //!
 //! `cargo bench --bench commit -- [--sizes 1000,10000,50000] [--backends 10] [--rounds N]
-//! [--seed S] [--no-nft] [--no-rss]`. Needs root (network namespaces, nf_tables).
+//! [--seed S] [--no-nft] [--no-rss] [--scheduler weighted|round-robin|source-hash]`. Needs root (network namespaces, nf_tables).
 
 use std::fmt::Write as _;
 use std::io::{BufRead, BufReader};
@@ -53,10 +54,12 @@ struct Options {
     seed: u64,
     nft_reference: bool,
     rss: bool,
+    scheduler: Scheduler,
 }
 
 const USAGE: &str = "usage: cargo bench --bench commit -- [--sizes 1000,10000,50000] \
-                     [--backends 10] [--rounds N] [--seed S] [--no-nft] [--no-rss]";
+                     [--backends 10] [--rounds N] [--seed S] [--no-nft] [--no-rss] \
+                     [--scheduler weighted|round-robin|source-hash]";
 
 fn parse_options() -> Result<Options, String> {
     let mut o = Options {
@@ -66,6 +69,7 @@ fn parse_options() -> Result<Options, String> {
         seed: 0x006e_6174_6c62,
         nft_reference: true,
         rss: true,
+        scheduler: Scheduler::Weighted,
     };
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
@@ -91,6 +95,14 @@ fn parse_options() -> Result<Options, String> {
             "--seed" => o.seed = number("--seed", &value("--seed")?)? as u64,
             "--no-nft" => o.nft_reference = false,
             "--no-rss" => o.rss = false,
+            "--scheduler" => {
+                o.scheduler = match value("--scheduler")?.as_str() {
+                    "weighted" => Scheduler::Weighted,
+                    "round-robin" => Scheduler::RoundRobin,
+                    "source-hash" => Scheduler::SourceHash,
+                    other => return Err(format!("--scheduler: {other:?}?\n{USAGE}")),
+                }
+            }
             "-h" | "--help" => return Err(USAGE.into()),
             other => return Err(format!("unknown argument {other:?}\n{USAGE}")),
         }
@@ -128,7 +140,7 @@ fn service_name(i: usize) -> String {
     format!("svc{i}")
 }
 
-fn build_model(services: usize, backends: usize) -> Model {
+fn build_model(services: usize, backends: usize, scheduler: Scheduler) -> Model {
     Model {
         daemon: Daemon {
             table: TABLE.into(),
@@ -150,7 +162,7 @@ fn build_model(services: usize, backends: usize) -> Model {
                         protocol: Protocol::Tcp,
                         port: vip.port(),
                     },
-                    scheduler: Scheduler::Weighted,
+                    scheduler,
                     hash: HashFields::Address,
                     persistence: None,
                     snat: Snat::Masquerade,
@@ -180,7 +192,7 @@ fn build_model(services: usize, backends: usize) -> Model {
 }
 
 /// The same services as a config file for `natlb run`.
-fn config_toml(services: usize, backends: usize, dir: &Path) -> String {
+fn config_toml(services: usize, backends: usize, scheduler: Scheduler, dir: &Path) -> String {
     let mut out = String::with_capacity(services * (150 + backends * 60));
     let _ = write!(
         out,
@@ -194,11 +206,12 @@ fn config_toml(services: usize, backends: usize, dir: &Path) -> String {
         let _ = write!(
             out,
             "\n[[service]]\nname = \"{}\"\nlisten = \"{}\"\nprotocol = \"tcp\"\n\
-             scheduler = \"weighted\"\nsnat = \"masquerade\"\n\
+             scheduler = \"{}\"\nsnat = \"masquerade\"\n\
              # No probes: this measures the table and its commits.\n\
              [service.health]\ntype = \"none\"\n",
             service_name(i),
-            vip_of(i)
+            vip_of(i),
+            scheduler.name()
         );
         for k in 0..backends {
             let _ = write!(
@@ -440,7 +453,7 @@ fn run_size(o: &Options, services: usize, rng: &mut Rng, notes: &mut Vec<String>
         .unwrap_or(if services <= 10_000 { 200 } else { 100 });
     let label = format!("{services} x {backends}");
     eprintln!("bench: {label}: building the model");
-    let model = build_model(services, backends);
+    let model = build_model(services, backends, o.scheduler);
     let dir = TempDir::new();
 
     // 1. Cold install through netlink, in a fresh namespace.
@@ -558,7 +571,7 @@ fn run_size(o: &Options, services: usize, rng: &mut Rng, notes: &mut Vec<String>
 
     // 4. The daemon on the same services, from a config file.
     if o.rss {
-        let text = config_toml(services, backends, &dir.path);
+        let text = config_toml(services, backends, o.scheduler, &dir.path);
         let config = dir.write("natlb.toml", &text);
         // The config describes the same table as the in-process model (untimed check).
         let started = Instant::now();
@@ -607,8 +620,9 @@ fn size_label(n: usize) -> String {
     thousands(n)
 }
 
-fn report(results: &[SizeResult], notes: &[String]) -> String {
+fn report(results: &[SizeResult], notes: &[String], scheduler: Scheduler) -> String {
     let mut out = String::new();
+    let _ = writeln!(out, "Scheduler: {}.\n", scheduler.name());
     let _ = writeln!(
         out,
         "| services × backends | elements | cold install natlb (kernel) | nft -f same render \
@@ -783,7 +797,7 @@ fn main() -> ExitCode {
 
     // Warm-up: loads the nf_tables modules both paths need, so no size pays for that.
     {
-        let model = build_model(1, o.backends);
+        let model = build_model(1, o.backends, o.scheduler);
         let rs = render(&model, |_, _| true);
         let ns = Netns::new("warm");
         in_netns(&ns, || {
@@ -808,6 +822,6 @@ fn main() -> ExitCode {
         results.push(run_size(&o, n, &mut rng, &mut notes));
     }
     eprintln!("bench: done in {:.0} s", started.elapsed().as_secs_f64());
-    print!("{}", report(&results, &notes));
+    print!("{}", report(&results, &notes, o.scheduler));
     ExitCode::SUCCESS
 }

@@ -13,8 +13,8 @@
 //! member's list depends only on its own identity, removing or adding a member mostly leaves the
 //! other members' slots where they were: a client keeps its backend unless its backend went away,
 //! or its slot is one of the few that change hands because the turn order shifted. How few
-//! depends on the slots per member: on average about 6% of the table at ten-odd slots per member,
-//! 1 to 2.5% at 80 or more (the disruption tests measure it).
+//! depends on the slots per member: on average 2.5 to 8% of the table at 10 to 20 slots per
+//! member, 0.2 to 2.4% at 80 or more (the disruption tests measure it).
 //!
 //! Weights decide how many turns a member gets, not how it picks: see [`table`].
 //!
@@ -613,6 +613,37 @@ mod tests {
     }
 
     #[test]
+    fn quotas_are_largest_remainder() {
+        // Within one slot is also true of worse roundings; largest remainder is the one where a
+        // member is rounded up only if no member rounded down had a larger remainder.
+        let mut rng = Rng(23);
+        for _ in 0..300 {
+            let n = rng.within(1, 64) as usize;
+            let weights: Vec<u32> = (0..n).map(|_| rng.within(1, 100) as u32).collect();
+            let size = size_for(&weights);
+            let q = quotas(&weights, size);
+            let total: u64 = weights.iter().map(|&w| u64::from(w)).sum();
+            let exact = |i: usize| u64::from(size) * u64::from(weights[i]);
+            if (0..n).any(|i| exact(i) < total) {
+                continue; // the minimum of one slot applies, tested below
+            }
+            assert_eq!(q.iter().sum::<u32>(), size);
+            let up: Vec<bool> = (0..n)
+                .map(|i| {
+                    let floor = exact(i) / total;
+                    assert!(u64::from(q[i]) == floor || u64::from(q[i]) == floor + 1);
+                    u64::from(q[i]) > floor
+                })
+                .collect();
+            for i in (0..n).filter(|&i| up[i]) {
+                for j in (0..n).filter(|&j| !up[j]) {
+                    assert!(exact(i) % total >= exact(j) % total, "{weights:?} {q:?}");
+                }
+            }
+        }
+    }
+
+    #[test]
     fn a_positive_weight_always_gets_a_slot() {
         // 61 × 1 / 20001 ≈ 0.003 slots rounds to none, but weight 0 is how natlb drains a
         // backend, so a positive weight must keep it reachable.
@@ -628,34 +659,58 @@ mod tests {
     // ---- Disruption. ----
     //
     // Maglev keeps a remaining member's slots in place only approximately: removing or adding a
-    // member changes the turn order, and a few slots change hands between members that stayed.
+    // member changes the turn order, and some slots change hands between members that stayed.
     // How many depends on the slots per member: the tests below measure it at the size `size_for`
-    // picks (about 10 to 20 slots per member) and at the largest size, over 40 random id sets and
-    // seeds (and, on removal, up to ten members of each set removed in turn). Measured when written
-    // (`cargo test --lib maglev -- --nocapture` prints them):
+    // picks (10 to 20 slots per member) and at the largest size, over 60 random id sets and seeds
+    // (on removal, up to ten members of each set removed in turn). Measured when written
+    // (`cargo test --lib maglev -- --nocapture` prints them), in % of M:
     //
     //   remove 1 of N          3      5      10     16     50
     //   size_for M             61     61     127    251    509
-    //     other slots moved    2.9%   6.0%   8.1%   6.3%   5.7%   mean, of M
-    //                          34.4%  29.5%  22.0%  12.0%  8.6%   worst
-    //   M = 4093               0.2%   0.7%   1.1%   1.4%   2.3%   mean
-    //                          1.8%   3.1%   2.0%   2.3%   2.9%   worst
+    //     other slots moved    2.5    6.0    7.8    6.2    5.5    mean
+    //                          4.9    9.8    10.2   8.0    6.7    90th percentile
+    //                          13.1   24.6   18.1   14.3   8.1    worst
+    //   M = 4093               0.2    0.8    1.2    1.4    2.4    mean
+    //                          0.5    0.8    1.4    1.6    2.6    90th percentile
+    //                          1.7    15.8   3.0    2.0    3.5    worst
     //
     //   add 1 to N             3      5      10     16     50
     //   size_for(N + 1) M      61     61     127    251    1021
-    //     other slots moved    5.1%   7.7%   7.7%   7.1%   4.9%   mean
-    //                          26.2%  14.8%  13.4%  10.4%  6.6%   worst
-    //   M = 4093               0.4%   0.7%   1.2%   1.5%   2.4%   mean
-    //                          1.9%   1.0%   1.8%   2.1%   2.9%   worst
+    //     other slots moved    4.8    7.5    7.3    6.8    4.9    mean
+    //                          8.2    11.5   10.2   8.4    5.6    90th percentile
+    //                          13.1   23.0   13.4   10.8   6.4    worst
+    //   M = 4093               0.4    0.7    1.2    1.5    2.4    mean
+    //                          0.6    0.9    1.3    1.8    2.7    90th percentile
+    //                          1.7    1.2    4.5    2.4    3.4    worst
     //
-    // The worst cases at small sizes come from two members whose preference lists run in step
-    // (same skip) so that one change cascades along them. The bounds asserted are those numbers
-    // with margin: at M = 4093, mean < 3% and worst < 5% of M; at size_for's sizes, mean < 10%
-    // and worst < 40% (N < 10) or 25% (removal, N >= 10) or 35% (add).
+    // The mean and the 90th percentile barely move with other random inputs (seven input sets
+    // tried: means within 1 point, 90th percentiles within 2), so those are what the tests
+    // assert, with margin: at M = 4093, mean < 3% and 90th percentile < 3.5%; at size_for's
+    // sizes, mean < 10% and 90th percentile < 18%. The worst case is a heavy tail that does move
+    // (up to 46% of M at N = 3, M = 61 with other inputs): it comes from members whose
+    // preference lists run in step (same skip, or related ones), so that one change cascades
+    // along them. It is only printed.
 
     /// Sizes the disruption tests look at for `n` members: what `size_for` picks, and the largest.
     fn disruption_sizes(n: usize) -> [u32; 2] {
         [size_for(&vec![1; n]), SIZES[SIZES.len() - 1]]
+    }
+
+    /// The `q` quantile of `xs` (nearest rank).
+    fn quantile(xs: &[f64], q: f64) -> f64 {
+        let mut sorted = xs.to_vec();
+        sorted.sort_by(f64::total_cmp);
+        sorted[((sorted.len() - 1) as f64 * q).round() as usize]
+    }
+
+    /// Mean, 90th percentile and worst of `xs`, as percentages, for the printout.
+    fn spread(xs: &[f64]) -> String {
+        format!(
+            "mean {:5.2}%, p90 {:5.2}%, worst {:5.2}%",
+            100.0 * mean(xs),
+            100.0 * quantile(xs, 0.9),
+            100.0 * max(xs)
+        )
     }
 
     #[test]
@@ -663,9 +718,9 @@ mod tests {
         let mut rng = Rng(31);
         for n in [3, 5, 10, 16, 50] {
             for size in disruption_sizes(n) {
-                // Fraction of all slots that changed owner although their owner stayed.
+                // Per removal: fraction of all slots that changed owner although the owner stayed.
                 let mut extra = Vec::new();
-                for seed in 0..40 {
+                for seed in 0..60 {
                     let ids = random_ids(n, &mut rng);
                     let all = equal(&ids);
                     let before = owners(&table(&all, size, seed), &all);
@@ -686,23 +741,17 @@ mod tests {
                         extra.push(moved as f64 / f64::from(size));
                     }
                 }
-                let (moved_mean, moved_max) = (mean(&extra), max(&extra));
                 println!(
-                    "remove 1 of N={n:2}, M={size:4}: other slots moved: mean {:5.2}%, \
-                     max {:5.2}% of M (removed member held {:5.2}%)",
-                    100.0 * moved_mean,
-                    100.0 * moved_max,
+                    "remove 1 of N={n:2}, M={size:4}: other slots moved, of M: {} \
+                     (the removed member held {:5.2}%)",
+                    spread(&extra),
                     100.0 / n as f64
                 );
+                let (avg, p90) = (mean(&extra), quantile(&extra, 0.9));
                 if size == 4093 {
-                    assert!(
-                        moved_mean < 0.03 && moved_max < 0.05,
-                        "N={n} M={size}: {moved_mean} {moved_max}"
-                    );
+                    assert!(avg < 0.03 && p90 < 0.035, "N={n} M={size}: {avg} {p90}");
                 } else {
-                    assert!(moved_mean < 0.10, "N={n} M={size}: {moved_mean}");
-                    let bound = if n < 10 { 0.40 } else { 0.25 };
-                    assert!(moved_max < bound, "N={n} M={size}: {moved_max}");
+                    assert!(avg < 0.10 && p90 < 0.18, "N={n} M={size}: {avg} {p90}");
                 }
             }
         }
@@ -719,7 +768,7 @@ mod tests {
                 let mut extra = Vec::new();
                 let mut loss_ratio = Vec::new();
                 let mut donors = Vec::new();
-                for seed in 0..40 {
+                for seed in 0..60 {
                     let ids = random_ids(n + 1, &mut rng);
                     let all = equal(&ids);
                     let old = &all[..n];
@@ -739,37 +788,35 @@ mod tests {
                     }
                     extra.push(moved as f64 / f64::from(size));
                     loss_ratio.extend(lost.iter().map(|&l| f64::from(l) / fair_loss));
-                    donors
-                        .push(lost.iter().filter(|&&l| l > 0).count() as f64 / n.min(taken) as f64);
+                    // Of the old members that could have given a slot, the share that did.
+                    let gave = lost.iter().filter(|&&l| l > 0).count();
+                    donors.push(gave as f64 / n.min(taken) as f64);
                 }
-                let (moved_mean, moved_max) = (mean(&extra), max(&extra));
                 println!(
-                    "add 1 to N={n:2}, M={size:4}: newcomer took {share:5.1} ± 1; \
-                     loss per old member / fair share {:.2}..{:.2}; \
-                     donors / min(N, taken) >= {:.2}; \
-                     other slots moved: mean {:5.2}%, max {:5.2}% of M",
-                    min(&loss_ratio),
-                    max(&loss_ratio),
-                    min(&donors),
-                    100.0 * moved_mean,
-                    100.0 * moved_max
+                    "add 1 to N={n:2}, M={size:4}: took {share:6.1} ± 1 slots from {:3.0}% \
+                     of the old members (mean; worst {:3.0}%); loss / fair loss p10..p90 \
+                     {:.2}..{:.2}; other slots moved, of M: {}",
+                    100.0 * mean(&donors),
+                    100.0 * min(&donors),
+                    quantile(&loss_ratio, 0.1),
+                    quantile(&loss_ratio, 0.9),
+                    spread(&extra)
                 );
+                let (avg, p90) = (mean(&extra), quantile(&extra, 0.9));
+                // Most old members give some: all of them, bar tail cases, when their fair loss
+                // is many slots; at fair losses of one or two slots, some give none by chance.
+                assert!(mean(&donors) > 0.6, "N={n} M={size}: {donors:?}");
                 if size == 4093 {
-                    assert!(min(&donors) >= 0.6, "N={n}: {donors:?}");
+                    assert!(avg < 0.03 && p90 < 0.035, "N={n} M={size}: {avg} {p90}");
                     if n <= 16 {
-                        // Fair losses of 15+ slots: each old member's is within a factor ~2.
-                        assert!(min(&loss_ratio) >= 0.1 && max(&loss_ratio) <= 2.5);
+                        assert!(mean(&donors) > 0.95, "N={n}: {donors:?}");
+                        // Fair losses of 15 slots or more, so the ratio is meaningful: most old
+                        // members give between half and 1.5 times their part.
+                        let (p10, p90) = (quantile(&loss_ratio, 0.1), quantile(&loss_ratio, 0.9));
+                        assert!(p10 > 0.5 && p90 < 1.5, "N={n}: {p10} {p90}");
                     }
-                    assert!(
-                        moved_mean < 0.03 && moved_max < 0.05,
-                        "N={n} M={size}: {moved_mean} {moved_max}"
-                    );
                 } else {
-                    assert!(min(&donors) >= 1.0 / 3.0, "N={n}: {donors:?}");
-                    assert!(
-                        moved_mean < 0.10 && moved_max < 0.35,
-                        "N={n} M={size}: {moved_mean} {moved_max}"
-                    );
+                    assert!(avg < 0.10 && p90 < 0.18, "N={n} M={size}: {avg} {p90}");
                 }
             }
         }
