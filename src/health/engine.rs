@@ -195,7 +195,10 @@ impl Engine {
                 service: key.service.clone(),
                 addr: spec.target,
             };
-            let kind = spec.health.kind.clone();
+            // Shared, not copied per probe: ten thousand probes a second each cloning a name
+            // and a probe kind show up in the profile.
+            let kind = std::sync::Arc::new(spec.health.kind.clone());
+            let target = std::sync::Arc::new(target);
             let limit = spec.health.timeout;
             let task = self.probes.spawn(probe_loop(
                 key.clone(),
