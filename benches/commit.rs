@@ -487,13 +487,41 @@ fn run_size(o: &Options, services: usize, rng: &mut Rng, notes: &mut Vec<String>
             stats.bytes
         );
 
-        // The kernel holds what was sent (read back, untimed).
-        match nft.read_installed(&rs) {
+        // The kernel holds what was sent (read back, untimed). A set dump is not a snapshot:
+        // while a big set's hash table is still growing after the commit, a dump that takes
+        // several messages can miss elements. So read until it matches, or give up.
+        let mut read = nft.read_installed(&rs);
+        for _ in 0..20 {
+            match &read {
+                Ok(Installed::Ours(installed)) if *installed != rs => {
+                    std::thread::sleep(Duration::from_millis(500));
+                    read = nft.read_installed(&rs);
+                }
+                _ => break,
+            }
+        }
+        match read {
             Ok(Installed::Ours(installed)) => {
-                assert!(
-                    installed == rs,
-                    "the installed table differs from the render"
-                )
+                if installed != rs {
+                    let differ: Vec<String> = rs
+                        .elements
+                        .iter()
+                        .filter(|(set, e)| installed.elements.get(*set) != Some(*e))
+                        .map(|(set, e)| {
+                            let got = installed.elements.get(set).map_or(0, |g| g.len());
+                            format!("{set}: {} rendered, {got} installed", e.len())
+                        })
+                        .collect();
+                    panic!(
+                        "the installed table differs from the render: {differ:?}, seed {} vs \
+                         {}, comment {:?} vs {:?}, chains equal: {}",
+                        installed.hash_seed,
+                        rs.hash_seed,
+                        installed.comment,
+                        rs.comment,
+                        installed.chains == rs.chains
+                    );
+                }
             }
             Ok(other) => panic!("the installed table is not natlb's: {other:?}"),
             Err(e) => panic!("reading the table back failed: {e}"),

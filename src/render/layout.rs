@@ -379,8 +379,9 @@ pub fn chains(seed: u32) -> Vec<ChainSpec> {
     out
 }
 
-/// `ip daddr . meta l4proto . th dport @by_rr4 goto dnat_rr4`
-fn goto_rule(f: Family, p: Pick) -> RuleSpec {
+/// `ip daddr . meta l4proto . th dport @set` (`!= @set` if `invert`): the test that starts most
+/// of natlb's rules. The family check comes first, as nft puts it, since the table is `inet`.
+fn vip_in(f: Family, set: String, invert: bool) -> Vec<Expr> {
     let mut e = vec![
         Expr::Meta {
             key: libc::NFT_META_NFPROTO as u32,
@@ -395,10 +396,16 @@ fn goto_rule(f: Family, p: Pick) -> RuleSpec {
     load_vip_key(f, false, &mut e);
     e.push(Expr::Lookup {
         sreg: REG1,
-        set: pick_set_name(f, p),
+        set,
         dreg: None,
-        invert: false,
+        invert,
     });
+    e
+}
+
+/// `ip daddr . meta l4proto . th dport @by_rr4 goto dnat_rr4`
+fn goto_rule(f: Family, p: Pick) -> RuleSpec {
+    let mut e = vip_in(f, pick_set_name(f, p), false);
     e.push(Expr::Goto(pick_chain_name(f, p)));
     RuleSpec {
         exprs: e,
@@ -408,24 +415,7 @@ fn goto_rule(f: Family, p: Pick) -> RuleSpec {
 
 /// `ip daddr . meta l4proto . th dport != @vips4 accept`
 fn not_a_vip_rule(f: Family) -> RuleSpec {
-    let mut e = vec![
-        Expr::Meta {
-            key: libc::NFT_META_NFPROTO as u32,
-            dreg: REG1,
-        },
-        Expr::Cmp {
-            sreg: REG1,
-            op: CmpOp::Eq,
-            data: vec![f.nfproto()],
-        },
-    ];
-    load_vip_key(f, false, &mut e);
-    e.push(Expr::Lookup {
-        sreg: REG1,
-        set: vips_set_name(f),
-        dreg: None,
-        invert: true,
-    });
+    let mut e = vip_in(f, vips_set_name(f), true);
     e.push(Expr::Accept);
     RuleSpec {
         exprs: e,
@@ -475,22 +465,7 @@ fn all_down_rules(f: Family) -> Vec<RuleSpec> {
                 data: vec![Protocol::Tcp.number()],
             });
         }
-        e.push(Expr::Meta {
-            key: libc::NFT_META_NFPROTO as u32,
-            dreg: REG1,
-        });
-        e.push(Expr::Cmp {
-            sreg: REG1,
-            op: CmpOp::Eq,
-            data: vec![f.nfproto()],
-        });
-        load_vip_key(f, false, &mut e);
-        e.push(Expr::Lookup {
-            sreg: REG1,
-            set,
-            dreg: None,
-            invert: false,
-        });
+        e.extend(vip_in(f, set, false));
         e.push(verdict);
         RuleSpec {
             exprs: e,
@@ -589,24 +564,7 @@ const IP_CT_DIR_ORIGINAL: u8 = 0;
 /// . numgen random mod T map @slots4`, with `numgen inc` or `jhash ip saddr [. th sport] ... seed
 /// S` in place of `numgen random` for the other ways of picking.
 fn dnat_rule(f: Family, p: Pick, slots: u32, seed: u32) -> RuleSpec {
-    let mut e = vec![
-        Expr::Meta {
-            key: libc::NFT_META_NFPROTO as u32,
-            dreg: REG1,
-        },
-        Expr::Cmp {
-            sreg: REG1,
-            op: CmpOp::Eq,
-            data: vec![f.nfproto()],
-        },
-    ];
-    load_vip_key(f, false, &mut e);
-    e.push(Expr::Lookup {
-        sreg: REG1,
-        set: class_set_name(f, p, slots),
-        dreg: None,
-        invert: false,
-    });
+    let mut e = vip_in(f, class_set_name(f, p, slots), false);
     let slot_word = load_vip_key(f, false, &mut e);
     match p {
         Pick::Random | Pick::Counter => e.push(Expr::Numgen {
