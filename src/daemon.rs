@@ -49,6 +49,10 @@ struct Daemon {
     board: Board,
     engine: Engine,
     installed: Ruleset,
+    /// The ruleset generation right after natlb's last commit (or read) of `installed`. While
+    /// the kernel still reports it, nobody has changed any table since, and `installed` is
+    /// exactly what the kernel holds.
+    installed_gen: Option<u32>,
     nft: Nft,
     /// The board changed since the states were last saved.
     states_dirty: bool,
@@ -165,6 +169,10 @@ impl Daemon {
             }
             other => other?,
         };
+        let installed_gen = match &stats {
+            Some(s) => Some(s.generation),
+            None => nft.generation().ok(),
+        };
         if let Some(stats) = stats {
             info!(
                 table = %want.table,
@@ -193,6 +201,7 @@ impl Daemon {
             board,
             engine,
             installed: want,
+            installed_gen,
             nft,
             states_dirty: false,
         })
@@ -325,6 +334,7 @@ impl Daemon {
         }]) {
             Ok(stats) => {
                 reconcile::apply_deltas(&mut self.installed, deltas);
+                self.installed_gen = Some(stats.generation);
                 Ok(stats)
             }
             Err(NftError::Rejected(errors)) => {
@@ -335,6 +345,7 @@ impl Daemon {
                 let want = render::render(&self.model, |s, b| self.board.is_up(s, b));
                 let stats = self.resync(&want)?;
                 self.installed = want;
+                self.installed_gen = Some(stats.generation);
                 Ok(stats)
             }
             Err(e) => Err(e),
@@ -358,9 +369,7 @@ impl Daemon {
         let mut board = self.board.clone();
         board.retain(&model);
         let want = render::render(&model, |s, b| board.is_up(s, b));
-        // Read the kernel's table again rather than trusting natlb's record: someone may have
-        // changed it, or flushed the ruleset, since natlb last committed.
-        match sync_table(&mut self.nft, &want, Some(&self.installed.table)) {
+        match self.sync_for_reload(&want) {
             Ok(stats) => {
                 if let Some(stats) = stats {
                     info!(
@@ -375,6 +384,10 @@ impl Daemon {
                 }
                 remember_table(&model, &want.table);
                 self.installed = want;
+                self.installed_gen = match &stats {
+                    Some(s) => Some(s.generation),
+                    None => self.nft.generation().ok(),
+                };
                 self.index = index(&model);
                 self.engine
                     .sync(&model.services, |k| board.state(&k.service, k.backend));
@@ -383,6 +396,29 @@ impl Daemon {
             }
             Err(e) => error!("reload failed, the running ruleset is unchanged: {e}"),
         }
+    }
+
+    /// The reload's batch. If the ruleset generation has not moved since natlb's last commit,
+    /// no one has touched any table since, so natlb diffs against its own record: reading a big
+    /// table back costs the kernel time quadratic in its sets' sizes (a set dump restarts its
+    /// walk for every message). Otherwise natlb reads the kernel's table again: someone may have
+    /// changed it, or flushed the ruleset.
+    fn sync_for_reload(&mut self, want: &Ruleset) -> Result<Option<CommitStats>, DaemonError> {
+        let current = self.nft.generation().ok();
+        if current.is_none() || current != self.installed_gen || want.table != self.installed.table
+        {
+            return sync_table(&mut self.nft, want, Some(&self.installed.table));
+        }
+        let plan = reconcile::plan(&self.installed, want);
+        info!(
+            generation = current.unwrap_or(0),
+            "reload: the kernel's table is as natlb left it; diffing against natlb's record"
+        );
+        let changes = plan.changes(want, None);
+        if changes.is_empty() {
+            return Ok(None);
+        }
+        Ok(Some(self.nft.apply(&changes)?))
     }
 
     /// Reads the installed table back and applies what it takes to make it `want`.

@@ -156,6 +156,12 @@ impl Nft {
         })
     }
 
+    /// The ruleset's generation: the kernel moves it with every commit to any table of this
+    /// network namespace.
+    pub fn generation(&mut self) -> Result<u32, NftError> {
+        self.sock.generation()
+    }
+
     /// The comment of table `inet name`, or `None` if there is no such table.
     pub fn table_comment(&mut self, name: &str) -> Result<Option<String>, NftError> {
         dump::table_comment(&mut self.sock, name)
