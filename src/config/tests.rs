@@ -1606,3 +1606,21 @@ fn source_hash_settings() {
          kernel's jhash takes a 32-bit seed)"
     );
 }
+
+#[test]
+fn the_default_probe_follows_the_protocol() {
+    let tcp = parse("t.toml", &service_with("")).unwrap();
+    assert_eq!(tcp.services[0].health.kind, HealthKind::Tcp);
+    // A connect to a UDP port proves nothing: a UDP service is probed only when told how.
+    let udp = parse("t.toml", &service_with("protocol = \"udp\"")).unwrap();
+    assert_eq!(udp.services[0].health.kind, HealthKind::None);
+    let udp = parse(
+        "t.toml",
+        &service_with("protocol = \"udp\"\n[service.health]\ntype = \"udp\"\npayload = \"x\""),
+    )
+    .unwrap();
+    assert!(matches!(
+        udp.services[0].health.kind,
+        HealthKind::Udp { .. }
+    ));
+}

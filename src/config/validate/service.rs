@@ -174,7 +174,7 @@ fn service(dto: &Spanned<ServiceDto>, d: &mut Diagnostics<'_>) -> Checked {
         OnBackendDown::Keep,
         d,
     );
-    let probe = probe(s.health.as_ref(), d);
+    let probe = probe(s.health.as_ref(), protocol, d);
     let health = health(s.health.as_ref(), probe, d);
     let backends = backends(
         s,
@@ -310,9 +310,19 @@ impl Probe {
 }
 
 /// The health check type; `None` when it is not a known type (reported).
-fn probe(dto: Option<&HealthDto>, d: &mut Diagnostics<'_>) -> Option<Probe> {
+/// The probe type. Without a `[service.health]` table, a TCP service gets a TCP connect probe; a
+/// UDP service gets none (always up): a connect to a UDP port proves nothing, and a UDP probe
+/// needs a payload the backends answer, which only the operator knows.
+fn probe(
+    dto: Option<&HealthDto>,
+    protocol: Option<Protocol>,
+    d: &mut Diagnostics<'_>,
+) -> Option<Probe> {
     let Some(h) = dto else {
-        return Some(Probe::Tcp);
+        return Some(match protocol {
+            Some(Protocol::Udp) => Probe::None,
+            _ => Probe::Tcp,
+        });
     };
     keyword(
         &h.kind,
