@@ -21,6 +21,15 @@ fn config(
     extra: &'static str,
     weights: [u32; 3],
 ) -> impl Fn(&Path) -> String {
+    seeded_config(scheduler, extra, weights, 0)
+}
+
+fn seeded_config(
+    scheduler: &'static str,
+    extra: &'static str,
+    weights: [u32; 3],
+    seed: u32,
+) -> impl Fn(&Path) -> String {
     move |dir: &Path| {
         format!(
             r#"
@@ -29,6 +38,7 @@ table = "natlb"
 control_socket = "{dir}/control.sock"
 state_dir = "{dir}/state"
 keep_rules_on_exit = false
+hash_seed = {seed}
 
 [[service]]
 name = "web"
@@ -204,4 +214,24 @@ fn source_hash_by_address_and_port_spreads_one_client() {
         "{}",
         g.table()
     );
+}
+
+#[test]
+fn gateways_with_the_same_seed_send_a_client_to_the_same_backend() {
+    // Three gateways (each a lab of its own: client, gateway and backends in namespaces), the
+    // same services; two share the seed.
+    let a = Gateway::new(seeded_config("source-hash", "", [1, 2, 1], 7));
+    let b = Gateway::new(seeded_config("source-hash", "", [1, 2, 1], 7));
+    let c = Gateway::new(seeded_config("source-hash", "", [1, 2, 1], 8));
+    let (ca, cb, cc) = (clients(&a, 30), clients(&b, 30), clients(&c, 30));
+    assert_eq!(ca, cb);
+    let (ma, mb, mc) = (
+        mapping(&a, &ca, 1),
+        mapping(&b, &cb, 1),
+        mapping(&c, &cc, 1),
+    );
+    assert_eq!(ma, mb, "same config and seed, different backends");
+    // Another seed is another table: with 30 clients over 3 backends, the chance that an
+    // unrelated table maps every one of them the same way is below (1/2)^30.
+    assert_ne!(ma, mc, "the seed changed nothing");
 }
