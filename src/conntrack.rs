@@ -1,10 +1,11 @@
-//! Conntrack: deleting the connections NATed to a withdrawn backend, for
-//! `on_backend_down = "reset"`. A deleted UDP flow's next datagram is a new connection and goes
-//! to a backend that is up; a TCP client whose entry is gone gets a reset and reconnects.
+//! Conntrack, through ctnetlink by hand (no crate covers it with deletes):
 //!
-//! ctnetlink, by hand (no crate covers it with deletes): dump the entries of the VIP's family,
-//! keep those whose original destination is the VIP and whose reply source is the backend, and
-//! delete each by its original tuple, copied verbatim from the dump.
+//! - deleting the connections NATed to a withdrawn backend, for `on_backend_down = "reset"`: dump
+//!   the entries of the VIP's family, keep those whose original destination is the VIP and whose
+//!   reply source is the backend, and delete each by its original tuple, copied verbatim from
+//!   the dump. A deleted UDP flow's next datagram is a new connection and goes to a backend that
+//!   is up; a TCP client whose entry is gone gets a reset and reconnects;
+//! - counting each backend's live connections, for `least-conn`: one dump per family.
 
 use std::net::{IpAddr, SocketAddr};
 
@@ -15,7 +16,13 @@ const IPCTNL_MSG_CT_GET: u16 = 1;
 const IPCTNL_MSG_CT_DELETE: u16 = 2;
 const CTA_TUPLE_ORIG: u16 = 1;
 const CTA_TUPLE_REPLY: u16 = 2;
+const CTA_PROTOINFO: u16 = 4;
 const CTA_ZONE: u16 = 18;
+const CTA_PROTOINFO_TCP: u16 = 1;
+const CTA_PROTOINFO_TCP_STATE: u16 = 1;
+/// `TCP_CONNTRACK_CLOSE_WAIT`: the states up to it (SYN_SENT .. CLOSE_WAIT) are connections a
+/// backend still serves; LAST_ACK, TIME_WAIT and CLOSE are on their way out.
+const TCP_CONNTRACK_CLOSE_WAIT: u8 = 5;
 const CTA_TUPLE_IP: u16 = 1;
 const CTA_TUPLE_PROTO: u16 = 2;
 const CTA_IP_V4_SRC: u16 = 1;
@@ -99,25 +106,33 @@ fn request(ty: u16, flags: u16, seq: u32, family: u8, attrs: &[u8]) -> Vec<u8> {
     m
 }
 
-/// Deletes every conntrack entry of `vip` NATed to `backend`; returns how many it deleted.
-pub fn flush_backend(vip: &Vip, backend: SocketAddr) -> Result<usize, ConntrackError> {
-    let family = match vip.addr {
+fn family_of(addr: IpAddr) -> u8 {
+    match addr {
         IpAddr::V4(_) => libc::AF_INET as u8,
         IpAddr::V6(_) => libc::AF_INET6 as u8,
-    };
-    let sock = mnl::Socket::new(mnl::Bus::Netfilter).map_err(|source| ConntrackError::Io {
+    }
+}
+
+fn open() -> Result<mnl::Socket, ConntrackError> {
+    mnl::Socket::new(mnl::Bus::Netfilter).map_err(|source| ConntrackError::Io {
         doing: "opening a ctnetlink socket",
         source,
-    })?;
+    })
+}
+
+/// Dumps the conntrack table of `family`, calling `each` with every entry's attributes.
+fn dump(
+    sock: &mnl::Socket,
+    family: u8,
+    buf: &mut [u32],
+    mut each: impl FnMut(&[u8]),
+) -> Result<(), ConntrackError> {
     let flags = (libc::NLM_F_REQUEST | libc::NLM_F_DUMP) as u16;
     sock.send(&request(IPCTNL_MSG_CT_GET, flags, 1, family, &[]))
         .map_err(|source| ConntrackError::Io {
             doing: "asking for the conntrack table",
             source,
         })?;
-    // The original tuple (and zone) of every matching entry, as raw attributes.
-    let mut doomed: Vec<Vec<u8>> = Vec::new();
-    let mut buf = vec![0u32; 64 * 1024];
     'dump: loop {
         // SAFETY: a u32 buffer viewed as bytes (alignment for nlmsghdr, as mnl requires).
         let bytes =
@@ -148,27 +163,81 @@ pub fn flush_backend(vip: &Vip, backend: SocketAddr) -> Result<usize, ConntrackE
                 break 'dump;
             }
             if payload.len() > 4 {
-                let a = &payload[4..];
-                let orig = attrs(a).find(|(t, _, _)| *t == CTA_TUPLE_ORIG);
-                let reply = find(a, CTA_TUPLE_REPLY).and_then(tuple);
-                if let (Some((_, orig_value, orig_raw)), Some((reply_src, _, _))) = (orig, reply)
-                    && let Some((_, orig_dst, proto)) = tuple(orig_value)
-                    && orig_dst == SocketAddr::new(vip.addr, vip.port)
-                    && proto == vip.protocol.number()
-                    && reply_src == backend
-                {
-                    let mut key = orig_raw.to_vec();
-                    key.resize(key.len().next_multiple_of(4), 0);
-                    if let Some((_, _, zone)) = attrs(a).find(|(t, _, _)| *t == CTA_ZONE) {
-                        key.extend_from_slice(zone);
-                        key.resize(key.len().next_multiple_of(4), 0);
-                    }
-                    doomed.push(key);
-                }
+                each(&payload[4..]);
             }
             at += len.next_multiple_of(4);
         }
     }
+    Ok(())
+}
+
+/// The TCP state of an entry, if it is a TCP entry.
+fn tcp_state(a: &[u8]) -> Option<u8> {
+    let info = find(a, CTA_PROTOINFO)?;
+    let tcp = find(info, CTA_PROTOINFO_TCP)?;
+    find(tcp, CTA_PROTOINFO_TCP_STATE)?.first().copied()
+}
+
+/// Live connections per service and backend: entries whose original destination is `vip`
+/// (address, protocol, port) and whose reply source is a backend, counted by that backend.
+/// TCP entries count from SYN_SENT to CLOSE_WAIT; UDP entries count while conntrack keeps them.
+pub type Counts =
+    std::collections::HashMap<(SocketAddr, u8), std::collections::HashMap<SocketAddr, u64>>;
+
+/// Counts the live connections of every VIP of the families in `families` (see [`Counts`]).
+pub fn count_connections(families: &[IpAddr]) -> Result<Counts, ConntrackError> {
+    let sock = open()?;
+    let mut buf = vec![0u32; 64 * 1024];
+    let mut out = Counts::new();
+    let mut seen = Vec::new();
+    for &f in families {
+        let family = family_of(f);
+        if seen.contains(&family) {
+            continue;
+        }
+        seen.push(family);
+        dump(&sock, family, &mut buf, |a| {
+            let orig = find(a, CTA_TUPLE_ORIG).and_then(tuple);
+            let reply = find(a, CTA_TUPLE_REPLY).and_then(tuple);
+            if let (Some((_, vip, proto)), Some((backend, _, _))) = (orig, reply)
+                && vip != backend
+                && tcp_state(a).is_none_or(|s| s <= TCP_CONNTRACK_CLOSE_WAIT)
+            {
+                *out.entry((vip, proto))
+                    .or_default()
+                    .entry(backend)
+                    .or_insert(0) += 1;
+            }
+        })?;
+    }
+    Ok(out)
+}
+
+/// Deletes every conntrack entry of `vip` NATed to `backend`; returns how many it deleted.
+pub fn flush_backend(vip: &Vip, backend: SocketAddr) -> Result<usize, ConntrackError> {
+    let family = family_of(vip.addr);
+    let sock = open()?;
+    // The original tuple (and zone) of every matching entry, as raw attributes.
+    let mut doomed: Vec<Vec<u8>> = Vec::new();
+    let mut buf = vec![0u32; 64 * 1024];
+    dump(&sock, family, &mut buf, |a| {
+        let orig = attrs(a).find(|(t, _, _)| *t == CTA_TUPLE_ORIG);
+        let reply = find(a, CTA_TUPLE_REPLY).and_then(tuple);
+        if let (Some((_, orig_value, orig_raw)), Some((reply_src, _, _))) = (orig, reply)
+            && let Some((_, orig_dst, proto)) = tuple(orig_value)
+            && orig_dst == SocketAddr::new(vip.addr, vip.port)
+            && proto == vip.protocol.number()
+            && reply_src == backend
+        {
+            let mut key = orig_raw.to_vec();
+            key.resize(key.len().next_multiple_of(4), 0);
+            if let Some((_, _, zone)) = attrs(a).find(|(t, _, _)| *t == CTA_ZONE) {
+                key.extend_from_slice(zone);
+                key.resize(key.len().next_multiple_of(4), 0);
+            }
+            doomed.push(key);
+        }
+    })?;
     let mut deleted = 0;
     for (i, key) in doomed.iter().enumerate() {
         let flags = (libc::NLM_F_REQUEST | libc::NLM_F_ACK) as u16;

@@ -21,7 +21,8 @@ use tracing::{error, info, warn};
 
 use crate::config;
 use crate::health::{self, Board, Engine, Report, State};
-use crate::model::{Model, OnBackendDown};
+use crate::least_conn;
+use crate::model::{Model, OnBackendDown, Scheduler, Service};
 use crate::nft::{Change, CommitStats, Nft, NftError, SetDelta};
 use crate::reconcile::{self, Plan};
 use crate::render::{self, ruleset::Ruleset};
@@ -56,6 +57,9 @@ struct Daemon {
     nft: Nft,
     /// The board changed since the states were last saved.
     states_dirty: bool,
+    /// `least-conn` services' effective weights (by backend position) now installed, where they
+    /// differ from the configured ones. A reload starts them afresh.
+    effective: HashMap<String, Vec<u32>>,
 }
 
 fn warn_unsupported(model: &Model) {
@@ -125,6 +129,15 @@ fn sync_table(
         return Ok(None);
     }
     Ok(Some(nft.apply(&changes)?))
+}
+
+/// `service` with backend `i`'s weight replaced by `weights[i]`.
+fn with_weights(service: &Service, weights: &[u32]) -> Service {
+    let mut s = service.clone();
+    for (b, &w) in s.backends.iter_mut().zip(weights) {
+        b.weight = w;
+    }
+    s
 }
 
 /// Records the table natlb owns now, for the next start.
@@ -204,7 +217,106 @@ impl Daemon {
             installed_gen,
             nft,
             states_dirty: false,
+            effective: HashMap::new(),
         })
+    }
+
+    /// Service `i` as installed: with its `least-conn` effective weights, if any.
+    fn effective_service(&self, i: usize) -> std::borrow::Cow<'_, Service> {
+        let service = &self.model.services[i];
+        match self.effective.get(&service.name) {
+            Some(w) => std::borrow::Cow::Owned(with_weights(service, w)),
+            None => std::borrow::Cow::Borrowed(service),
+        }
+    }
+
+    /// The model as installed: `least-conn` services with their effective weights.
+    fn effective_model(&self) -> Model {
+        let mut m = self.model.clone();
+        for s in &mut m.services {
+            if let Some(w) = self.effective.get(&s.name) {
+                *s = with_weights(s, w);
+            }
+        }
+        m
+    }
+
+    /// `least-conn`: counts each backend's live connections in conntrack and re-weights the
+    /// services whose counts moved enough (see `least_conn`), in one batch.
+    fn rebalance(&mut self) {
+        let services: Vec<usize> = (0..self.model.services.len())
+            .filter(|&i| self.model.services[i].scheduler == Scheduler::LeastConn)
+            .collect();
+        if services.is_empty() {
+            return;
+        }
+        let families: Vec<std::net::IpAddr> = services
+            .iter()
+            .map(|&i| self.model.services[i].vip.addr)
+            .collect();
+        let counts = match crate::conntrack::count_connections(&families) {
+            Ok(c) => c,
+            Err(e) => {
+                warn!("least-conn: cannot count connections: {e}");
+                return;
+            }
+        };
+        let seed = self.model.daemon.hash_seed;
+        let mut deltas = Vec::new();
+        let mut changed = Vec::new();
+        for i in services {
+            let service = &self.model.services[i];
+            let vip = std::net::SocketAddr::new(service.vip.addr, service.vip.port);
+            let of_vip = counts.get(&(vip, service.vip.protocol.number()));
+            let conns: Vec<u64> = service
+                .backends
+                .iter()
+                .map(|b| of_vip.and_then(|c| c.get(&b.address)).copied().unwrap_or(0))
+                .collect();
+            let configured: Vec<u32> = service.backends.iter().map(|b| b.weight).collect();
+            // Before any re-weighting, the configured weights are installed: the same shares as
+            // their effective weights with no connections.
+            let current = self
+                .effective
+                .get(&service.name)
+                .cloned()
+                .unwrap_or_else(|| least_conn::effective(&configured, &vec![0; conns.len()]));
+            let Some(next) = least_conn::reweigh(&configured, &conns, &current) else {
+                continue;
+            };
+            let board = &self.board;
+            let before =
+                render::service_elements(&with_weights(service, &current), seed, |s, b| {
+                    board.is_up(s, b)
+                });
+            let after = render::service_elements(&with_weights(service, &next), seed, |s, b| {
+                board.is_up(s, b)
+            });
+            deltas.extend(reconcile::diff_elements(&before, &after));
+            changed.push((service.name.clone(), next, conns));
+        }
+        if changed.is_empty() {
+            return;
+        }
+        let result = if deltas.is_empty() {
+            Ok(None)
+        } else {
+            self.commit_deltas(&deltas).map(Some)
+        };
+        match result {
+            Ok(stats) => {
+                for (name, weights, conns) in changed {
+                    info!(
+                        service = %name,
+                        elements = element_changes(&deltas),
+                        kernel_ms = stats.map_or(0.0, |s| s.kernel.as_secs_f64() * 1e3),
+                        "least-conn: effective weights {weights:?} for live connections {conns:?}"
+                    );
+                    self.effective.insert(name, weights);
+                }
+            }
+            Err(e) => error!("least-conn: re-weighting failed, the table is unchanged: {e}"),
+        }
     }
 
     /// Applies probe decisions: one batch for all of them.
@@ -227,13 +339,13 @@ impl Daemon {
         let mut deltas = Vec::new();
         let seed = self.model.daemon.hash_seed;
         for (&i, reps) in &by_service {
-            let service = &self.model.services[i];
+            let service = self.effective_service(i).into_owned();
             let board = &mut self.board;
-            let before = render::service_elements(service, seed, |s, b| board.is_up(s, b));
+            let before = render::service_elements(&service, seed, |s, b| board.is_up(s, b));
             for r in reps {
                 board.set(&r.key, r.transition.to);
             }
-            let after = render::service_elements(service, seed, |s, b| board.is_up(s, b));
+            let after = render::service_elements(&service, seed, |s, b| board.is_up(s, b));
             deltas.extend(reconcile::diff_elements(&before, &after));
         }
         let result = if deltas.is_empty() {
@@ -342,7 +454,8 @@ impl Daemon {
                     "the batch was refused ({}); re-reading table inet {table} and retrying once",
                     errors[0]
                 );
-                let want = render::render(&self.model, |s, b| self.board.is_up(s, b));
+                let model = self.effective_model();
+                let want = render::render(&model, |s, b| self.board.is_up(s, b));
                 let stats = self.resync(&want)?;
                 self.installed = want;
                 self.installed_gen = Some(stats.generation);
@@ -393,6 +506,8 @@ impl Daemon {
                     .sync(&model.services, |k| board.state(&k.service, k.backend));
                 self.board = board;
                 self.model = model;
+                // The reload installed the configured weights; least-conn re-weighs from there.
+                self.effective.clear();
             }
             Err(e) => error!("reload failed, the running ruleset is unchanged: {e}"),
         }
@@ -460,9 +575,12 @@ pub fn run(config_path: &Path) -> Result<(), DaemonError> {
         let mut daemon = Daemon::start(config_path, tx)?;
         info!(config = %config_path.display(), "natlb is running");
         let mut save_tick = tokio::time::interval(STATE_SAVE_INTERVAL);
+        let mut balance_tick = tokio::time::interval(least_conn::INTERVAL);
+        balance_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 _ = save_tick.tick() => daemon.save_states(),
+                _ = balance_tick.tick() => daemon.rebalance(),
                 Some(first) = rx.recv() => {
                     // Decisions that arrived together share one batch.
                     let mut batch = vec![first];

@@ -9,6 +9,7 @@ pub mod config;
 pub mod conntrack;
 pub mod daemon;
 pub mod health;
+pub mod least_conn;
 pub mod model;
 pub mod nft;
 pub mod reconcile;

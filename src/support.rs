@@ -4,20 +4,12 @@
 //! arrive in later versions. Until then natlb says so, by name, wherever a config is read
 //! (`check`, `render`, `run`), instead of silently doing something else.
 
-use crate::model::{Model, Scheduler};
+use crate::model::Model;
 
 /// One warning per config element that natlb does not act on yet, saying what it does instead.
 pub fn not_yet_supported(model: &Model) -> Vec<String> {
     let mut out = Vec::new();
     for s in &model.services {
-        if s.scheduler == Scheduler::LeastConn {
-            out.push(format!(
-                "service {}: scheduler \"{}\" is not implemented yet; new connections are spread \
-                 at random by weight (scheduler \"weighted\")",
-                s.name,
-                s.scheduler.name()
-            ));
-        }
         if s.persistence.is_some() {
             out.push(format!(
                 "service {}: persistence is not implemented yet; every new connection picks a \
@@ -53,8 +45,7 @@ mod tests {
         )
         .unwrap();
         let w = not_yet_supported(&m);
-        assert_eq!(w.len(), 2, "{w:#?}");
-        assert!(w[0].contains("service a") && w[0].contains("\"least-conn\""));
-        assert!(w[1].contains("persistence"));
+        assert_eq!(w.len(), 1, "{w:#?}");
+        assert!(w[0].contains("service a") && w[0].contains("persistence"));
     }
 }

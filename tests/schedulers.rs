@@ -235,3 +235,37 @@ fn gateways_with_the_same_seed_send_a_client_to_the_same_backend() {
     // unrelated table maps every one of them the same way is below (1/2)^30.
     assert_ne!(ma, mc, "the seed changed nothing");
 }
+
+#[test]
+fn least_conn_steers_new_connections_away_from_a_busy_backend() {
+    let g = Gateway::new(config("least-conn", "", [1, 1, 1]));
+    let vip: SocketAddr = VIP.parse().unwrap();
+    // 15 long connections held open on be0 (the others that land elsewhere are closed).
+    let mut held = Vec::new();
+    while held.len() < 15 {
+        let (conn, line) = g.lab.tcp_connect(vip, T).unwrap();
+        if line.starts_with("be0") {
+            held.push(conn);
+        }
+    }
+    assert!(
+        g.wait_log("least-conn: effective weights", 1, Duration::from_secs(5)),
+        "{}",
+        g.log()
+    );
+    // be0 now has weight 1 against 16 for each of the others: a share of 1/33. Over 60 new
+    // connections its count is Binomial(60, 1/33), mean 1.8; more than 10 has a probability
+    // below 1e-5, while an even spread would give it about 20.
+    let c = counts(&sequence(&g, 60));
+    assert!(c.get("be0").copied().unwrap_or(0) <= 10, "{c:?}");
+    // Steady counts do not churn the table: no new weights while nothing changes.
+    let lines = g.log().matches("least-conn: effective weights").count();
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(
+        g.log().matches("least-conn: effective weights").count(),
+        lines,
+        "{}",
+        g.log()
+    );
+    drop(held);
+}

@@ -1,0 +1,91 @@
+//! `least-conn`: new connections favour the backends holding the fewest live connections.
+//!
+//! natlb cannot pick per packet (the kernel does, from the slot table), so it re-weights the
+//! slot table on an interval instead: each up backend gets effective weight
+//! `weight / (1 + connections / weight)`, scaled so the least loaded backend has
+//! [`LEVELS`] and clamped to at least 1 (every up backend keeps a share, so its count can fall).
+//! An approximation, as documented: between two looks at conntrack the shares stay fixed.
+//!
+//! Hysteresis: the table changes only when some backend's effective weight moves by more than a
+//! quarter (and by at least 2 levels) from the weights installed now, so steady counts, or counts
+//! that jitter by a connection or two, never churn the table.
+
+/// How often natlb counts connections and re-weighs `least-conn` services.
+pub const INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Effective weights run from 1 to this for the least loaded backend.
+pub const LEVELS: u32 = 16;
+
+/// The effective weights for backends with configured `weights` (0 = drained, stays 0) and live
+/// connection counts `conns`; `None` if they do not differ enough from `current` to be worth a
+/// commit.
+pub fn reweigh(weights: &[u32], conns: &[u64], current: &[u32]) -> Option<Vec<u32>> {
+    let next = effective(weights, conns);
+    let moved = next.iter().zip(current).any(|(&n, &c)| {
+        let (n, c) = (f64::from(n), f64::from(c));
+        (n - c).abs() >= 2.0 && (n - c).abs() > 0.25 * c.max(n)
+    });
+    (current.len() != next.len() || moved).then_some(next)
+}
+
+/// The effective weights, without hysteresis.
+pub fn effective(weights: &[u32], conns: &[u64]) -> Vec<u32> {
+    // Capacity left, in the configured weight's units: a backend with weight w and c
+    // connections is as attractive as w / (1 + c / w).
+    let score: Vec<f64> = weights
+        .iter()
+        .zip(conns)
+        .map(|(&w, &c)| {
+            if w == 0 {
+                0.0
+            } else {
+                let w = f64::from(w);
+                w / (1.0 + c as f64 / w)
+            }
+        })
+        .collect();
+    let best = score.iter().cloned().fold(0.0, f64::max);
+    score
+        .iter()
+        .map(|&s| {
+            if s == 0.0 {
+                0
+            } else {
+                ((s / best) * f64::from(LEVELS))
+                    .round()
+                    .clamp(1.0, f64::from(LEVELS)) as u32
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn idle_backends_keep_their_configured_proportions() {
+        assert_eq!(effective(&[1, 1, 1], &[0, 0, 0]), vec![16, 16, 16]);
+        assert_eq!(effective(&[2, 1], &[0, 0]), vec![16, 8]);
+    }
+
+    #[test]
+    fn a_loaded_backend_gets_less_and_never_nothing() {
+        // be0 holds 20 long connections, be1 none: nearly everything new goes to be1.
+        assert_eq!(effective(&[1, 1], &[20, 0]), vec![1, 16]);
+        assert_eq!(effective(&[1, 1], &[1, 0]), vec![8, 16]);
+        // Drained stays drained.
+        assert_eq!(effective(&[0, 1], &[0, 5]), vec![0, 16]);
+    }
+
+    #[test]
+    fn steady_or_jittering_counts_do_not_churn() {
+        let now = effective(&[1, 1, 1], &[30, 32, 31]);
+        assert_eq!(reweigh(&[1, 1, 1], &[30, 32, 31], &now), None);
+        assert_eq!(reweigh(&[1, 1, 1], &[31, 30, 33], &now), None);
+        // A real shift does.
+        assert!(reweigh(&[1, 1, 1], &[90, 30, 30], &now).is_some());
+        // So does a changed set of backends.
+        assert!(reweigh(&[1, 1], &[0, 0], &now).is_some());
+    }
+}
