@@ -149,6 +149,7 @@ fn build_model(services: usize, backends: usize, scheduler: Scheduler) -> Model 
             metrics: None,
             keep_rules_on_exit: true,
             hash_seed: 0,
+            least_conn_interval: Duration::from_secs(1),
         },
         conntrack: Conntrack::default(),
         sysctl: Default::default(),

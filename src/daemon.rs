@@ -221,6 +221,10 @@ impl Daemon {
         })
     }
 
+    fn least_conn_interval(&self) -> std::time::Duration {
+        self.model.daemon.least_conn_interval
+    }
+
     /// Service `i` as installed: with its `least-conn` effective weights, if any.
     fn effective_service(&self, i: usize) -> std::borrow::Cow<'_, Service> {
         let service = &self.model.services[i];
@@ -575,7 +579,7 @@ pub fn run(config_path: &Path) -> Result<(), DaemonError> {
         let mut daemon = Daemon::start(config_path, tx)?;
         info!(config = %config_path.display(), "natlb is running");
         let mut save_tick = tokio::time::interval(STATE_SAVE_INTERVAL);
-        let mut balance_tick = tokio::time::interval(least_conn::INTERVAL);
+        let mut balance_tick = tokio::time::interval(daemon.least_conn_interval());
         balance_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
@@ -592,6 +596,11 @@ pub fn run(config_path: &Path) -> Result<(), DaemonError> {
                 _ = hup.recv() => {
                     info!("SIGHUP: reloading {}", config_path.display());
                     daemon.reload();
+                    if balance_tick.period() != daemon.least_conn_interval() {
+                        balance_tick = tokio::time::interval(daemon.least_conn_interval());
+                        balance_tick
+                            .set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                    }
                 }
                 _ = term.recv() => break,
                 _ = int.recv() => {

@@ -10,9 +10,6 @@
 //! quarter (and by at least 2 levels) from the weights installed now, so steady counts, or counts
 //! that jitter by a connection or two, never churn the table.
 
-/// How often natlb counts connections and re-weighs `least-conn` services.
-pub const INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
-
 /// Effective weights run from 1 to this for the least loaded backend.
 pub const LEVELS: u32 = 16;
 

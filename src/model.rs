@@ -31,6 +31,8 @@ pub struct Daemon {
     /// Seed of the `source-hash` scheduler's hash: gateways with the same seed (and config)
     /// send a client to the same backend.
     pub hash_seed: u32,
+    /// How often `least-conn` services are re-weighted from conntrack's counts.
+    pub least_conn_interval: Duration,
 }
 
 /// `[conntrack]`: every knob is optional; `None` leaves the kernel's value alone.

@@ -39,6 +39,7 @@ pub(super) struct DaemonDto {
     pub metrics: Option<Spanned<String>>,
     pub keep_rules_on_exit: Option<bool>,
     pub hash_seed: Option<Spanned<i64>>,
+    pub least_conn_interval: Option<Spanned<DurationText>>,
 }
 
 /// Integers are `i64` (TOML's integer type) rather than `u64`, so that a negative value reaches

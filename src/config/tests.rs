@@ -105,6 +105,7 @@ fn spec_example_parses_to_the_expected_model() {
             metrics: Some(sa("127.0.0.1:9469")),
             keep_rules_on_exit: true,
             hash_seed: 0,
+            least_conn_interval: Duration::from_secs(1),
         },
         conntrack: Conntrack {
             max: Some(524288),
@@ -181,6 +182,7 @@ fn empty_file_is_all_defaults() {
             metrics: None,
             keep_rules_on_exit: true,
             hash_seed: 0,
+            least_conn_interval: Duration::from_secs(1),
         }
     );
     assert_eq!(m.conntrack, Conntrack::default());
@@ -1468,7 +1470,7 @@ snat = "masquerade"
         errors(text),
         [
             "t.toml:2:1: unknown key `tabel` in [daemon]; did you mean `table`? (valid keys: \
-             table, control_socket, state_dir, metrics, keep_rules_on_exit, hash_seed)",
+             table, control_socket, state_dir, metrics, keep_rules_on_exit, hash_seed, least_conn_interval)",
             "t.toml:7:1: unknown key `protcol` in [[service]]; did you mean `protocol`? (valid \
              keys: name, listen, protocol, scheduler, hash, persistence, snat, on_all_down, \
              on_backend_down, health, backend)",
@@ -1623,4 +1625,27 @@ fn the_default_probe_follows_the_protocol() {
         udp.services[0].health.kind,
         HealthKind::Udp { .. }
     ));
+}
+
+#[test]
+fn least_conn_interval() {
+    let m = parse("t.toml", &service_with("")).unwrap();
+    assert_eq!(m.daemon.least_conn_interval, Duration::from_secs(1));
+    let m = parse(
+        "t.toml",
+        &format!(
+            "[daemon]\nleast_conn_interval = \"500ms\"\n{}",
+            service_with("")
+        ),
+    )
+    .unwrap();
+    assert_eq!(m.daemon.least_conn_interval, Duration::from_millis(500));
+    let e = error(&format!(
+        "[daemon]\nleast_conn_interval = \"10ms\"\n{}",
+        service_with("")
+    ));
+    assert!(
+        e.starts_with("t.toml:2:23: least_conn_interval 10ms is too short"),
+        "{e}"
+    );
 }

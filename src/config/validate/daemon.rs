@@ -2,6 +2,7 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use serde_spanned::Spanned;
 
@@ -13,6 +14,8 @@ use crate::model::{Conntrack, Daemon};
 const DEFAULT_TABLE: &str = "natlb";
 const DEFAULT_CONTROL_SOCKET: &str = "/run/natlb/control.sock";
 const DEFAULT_STATE_DIR: &str = "/var/lib/natlb";
+const DEFAULT_LEAST_CONN_INTERVAL: Duration = Duration::from_secs(1);
+const MIN_LEAST_CONN_INTERVAL: Duration = Duration::from_millis(100);
 
 /// `sun_path` is 108 bytes including the terminating NUL.
 const MAX_SOCKET_PATH: usize = 107;
@@ -66,6 +69,24 @@ pub(super) fn daemon(dto: &DaemonDto, d: &mut Diagnostics<'_>) -> Option<Daemon>
         },
     };
 
+    let least_conn_interval =
+        match super::duration(&dto.least_conn_interval, "least_conn_interval", d) {
+            Some(Some(v)) if v < MIN_LEAST_CONN_INTERVAL => {
+                if let Some(span) = dto.least_conn_interval.as_ref().map(|v| v.span()) {
+                    d.error(
+                        span,
+                        format!(
+                            "least_conn_interval {v:?} is too short; use 100ms or more (each one \
+                         dumps the conntrack table)"
+                        ),
+                    );
+                }
+                None
+            }
+            Some(v) => Some(v.unwrap_or(DEFAULT_LEAST_CONN_INTERVAL)),
+            None => None,
+        };
+
     Some(Daemon {
         table: table?,
         control_socket: control_socket?,
@@ -73,6 +94,7 @@ pub(super) fn daemon(dto: &DaemonDto, d: &mut Diagnostics<'_>) -> Option<Daemon>
         metrics: metrics?,
         keep_rules_on_exit: dto.keep_rules_on_exit.unwrap_or(true),
         hash_seed: hash_seed?,
+        least_conn_interval: least_conn_interval?,
     })
 }
 
