@@ -379,20 +379,25 @@ pub fn chains(seed: u32) -> Vec<ChainSpec> {
     out
 }
 
-/// `ip daddr . meta l4proto . th dport @set` (`!= @set` if `invert`): the test that starts most
-/// of natlb's rules. The family check comes first, as nft puts it, since the table is `inet`.
-fn vip_in(f: Family, set: String, invert: bool) -> Vec<Expr> {
-    let mut e = vec![
+/// `meta KEY VALUE` for a one-byte meta key (`nfproto`, `l4proto`).
+fn meta_is(key: libc::c_int, value: u8) -> [Expr; 2] {
+    [
         Expr::Meta {
-            key: libc::NFT_META_NFPROTO as u32,
+            key: key as u32,
             dreg: REG1,
         },
         Expr::Cmp {
             sreg: REG1,
             op: CmpOp::Eq,
-            data: vec![f.nfproto()],
+            data: vec![value],
         },
-    ];
+    ]
+}
+
+/// `ip daddr . meta l4proto . th dport @set` (`!= @set` if `invert`): the test that starts most
+/// of natlb's rules. The family check comes first, as nft puts it, since the table is `inet`.
+fn vip_in(f: Family, set: String, invert: bool) -> Vec<Expr> {
+    let mut e = meta_is(libc::NFT_META_NFPROTO, f.nfproto()).to_vec();
     load_vip_key(f, false, &mut e);
     e.push(Expr::Lookup {
         sreg: REG1,
@@ -455,15 +460,7 @@ fn all_down_rules(f: Family) -> Vec<RuleSpec> {
     let guarded = |tcp_only: bool, set: String, verdict: Expr| {
         let mut e = Vec::new();
         if tcp_only {
-            e.push(Expr::Meta {
-                key: libc::NFT_META_L4PROTO as u32,
-                dreg: REG1,
-            });
-            e.push(Expr::Cmp {
-                sreg: REG1,
-                op: CmpOp::Eq,
-                data: vec![Protocol::Tcp.number()],
-            });
+            e.extend(meta_is(libc::NFT_META_L4PROTO, Protocol::Tcp.number()));
         }
         e.extend(vip_in(f, set, false));
         e.push(verdict);
@@ -625,16 +622,10 @@ fn dnat_rule(f: Family, p: Pick, slots: u32, seed: u32) -> RuleSpec {
 /// `meta l4proto P ct status dnat ct original ip daddr . meta l4proto . ct original proto-dst
 /// @snat_masq4 masquerade`, or the `snat ip to ... map @snat_addr4` variant.
 fn snat_rule(f: Family, p: Protocol, masquerade: bool) -> RuleSpec {
+    let [load, cmp] = meta_is(libc::NFT_META_L4PROTO, p.number());
     let mut e = vec![
-        Expr::Meta {
-            key: libc::NFT_META_L4PROTO as u32,
-            dreg: REG1,
-        },
-        Expr::Cmp {
-            sreg: REG1,
-            op: CmpOp::Eq,
-            data: vec![p.number()],
-        },
+        load,
+        cmp,
         Expr::Ct {
             key: libc::NFT_CT_STATUS as u32,
             dir: None,
