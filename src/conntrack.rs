@@ -20,9 +20,9 @@ const CTA_PROTOINFO: u16 = 4;
 const CTA_ZONE: u16 = 18;
 const CTA_PROTOINFO_TCP: u16 = 1;
 const CTA_PROTOINFO_TCP_STATE: u16 = 1;
-/// `TCP_CONNTRACK_CLOSE_WAIT`: the states up to it (SYN_SENT .. CLOSE_WAIT) are connections a
-/// backend still serves; LAST_ACK, TIME_WAIT and CLOSE are on their way out.
-const TCP_CONNTRACK_CLOSE_WAIT: u8 = 5;
+/// `TCP_CONNTRACK_ESTABLISHED`: the states up to it (SYN_SENT, SYN_RECV, ESTABLISHED) are
+/// connections a backend serves; from FIN_WAIT on they are on their way out.
+const TCP_CONNTRACK_ESTABLISHED: u8 = 3;
 const CTA_TUPLE_IP: u16 = 1;
 const CTA_TUPLE_PROTO: u16 = 2;
 const CTA_IP_V4_SRC: u16 = 1;
@@ -180,7 +180,7 @@ fn tcp_state(a: &[u8]) -> Option<u8> {
 
 /// Live connections per service and backend: entries whose original destination is `vip`
 /// (address, protocol, port) and whose reply source is a backend, counted by that backend.
-/// TCP entries count from SYN_SENT to CLOSE_WAIT; UDP entries count while conntrack keeps them.
+/// TCP entries count from SYN_SENT to ESTABLISHED; UDP entries count while conntrack keeps them.
 pub type Counts =
     std::collections::HashMap<(SocketAddr, u8), std::collections::HashMap<SocketAddr, u64>>;
 
@@ -201,7 +201,7 @@ pub fn count_connections(families: &[IpAddr]) -> Result<Counts, ConntrackError> 
             let reply = find(a, CTA_TUPLE_REPLY).and_then(tuple);
             if let (Some((_, vip, proto)), Some((backend, _, _))) = (orig, reply)
                 && vip != backend
-                && tcp_state(a).is_none_or(|s| s <= TCP_CONNTRACK_CLOSE_WAIT)
+                && tcp_state(a).is_none_or(|s| s <= TCP_CONNTRACK_ESTABLISHED)
             {
                 *out.entry((vip, proto))
                     .or_default()

@@ -60,6 +60,8 @@ struct Daemon {
     /// `least-conn` services' effective weights (by backend position) now installed, where they
     /// differ from the configured ones. A reload starts them afresh.
     effective: HashMap<String, Vec<u32>>,
+    /// The connection counts of each `least-conn` service's last re-weighting.
+    counted: HashMap<String, Vec<u64>>,
 }
 
 fn warn_unsupported(model: &Model) {
@@ -218,6 +220,7 @@ impl Daemon {
             nft,
             states_dirty: false,
             effective: HashMap::new(),
+            counted: HashMap::new(),
         })
     }
 
@@ -278,16 +281,15 @@ impl Daemon {
                 .map(|b| of_vip.and_then(|c| c.get(&b.address)).copied().unwrap_or(0))
                 .collect();
             let configured: Vec<u32> = service.backends.iter().map(|b| b.weight).collect();
-            // Before any re-weighting, the configured weights are installed: the same shares as
-            // their effective weights with no connections.
+            let last = self.counted.get(&service.name).map(Vec::as_slice);
+            let Some(next) = least_conn::reweigh(&configured, &conns, last) else {
+                continue;
+            };
             let current = self
                 .effective
                 .get(&service.name)
                 .cloned()
-                .unwrap_or_else(|| least_conn::effective(&configured, &vec![0; conns.len()]));
-            let Some(next) = least_conn::reweigh(&configured, &conns, &current) else {
-                continue;
-            };
+                .unwrap_or_else(|| configured.clone());
             let board = &self.board;
             let before =
                 render::service_elements(&with_weights(service, &current), seed, |s, b| {
@@ -296,7 +298,14 @@ impl Daemon {
             let after = render::service_elements(&with_weights(service, &next), seed, |s, b| {
                 board.is_up(s, b)
             });
-            deltas.extend(reconcile::diff_elements(&before, &after));
+            let d = reconcile::diff_elements(&before, &after);
+            if d.is_empty() {
+                // Same shares (e.g. the first look at idle backends): nothing to commit.
+                self.counted.insert(service.name.clone(), conns);
+                self.effective.insert(service.name.clone(), next);
+                continue;
+            }
+            deltas.extend(d);
             changed.push((service.name.clone(), next, conns));
         }
         if changed.is_empty() {
@@ -316,7 +325,8 @@ impl Daemon {
                         kernel_ms = stats.map_or(0.0, |s| s.kernel.as_secs_f64() * 1e3),
                         "least-conn: effective weights {weights:?} for live connections {conns:?}"
                     );
-                    self.effective.insert(name, weights);
+                    self.effective.insert(name.clone(), weights);
+                    self.counted.insert(name, conns);
                 }
             }
             Err(e) => error!("least-conn: re-weighting failed, the table is unchanged: {e}"),
@@ -512,6 +522,7 @@ impl Daemon {
                 self.model = model;
                 // The reload installed the configured weights; least-conn re-weighs from there.
                 self.effective.clear();
+                self.counted.clear();
             }
             Err(e) => error!("reload failed, the running ruleset is unchanged: {e}"),
         }

@@ -6,23 +6,31 @@
 //! [`LEVELS`] and clamped to at least 1 (every up backend keeps a share, so its count can fall).
 //! An approximation, as documented: between two looks at conntrack the shares stay fixed.
 //!
-//! Hysteresis: the table changes only when some backend's effective weight moves by more than a
-//! quarter (and by at least 2 levels) from the weights installed now, so steady counts, or counts
-//! that jitter by a connection or two, never churn the table.
+//! Hysteresis: natlb re-weighs a service only when some backend's count moved, since the
+//! counts of the last re-weighting, by at least [`MIN_MOVE`] connections and by a quarter. A
+//! connection or two opening and closing on an idle backend would otherwise halve and restore
+//! its weight every second; steady or jittering counts never churn the table.
 
 /// Effective weights run from 1 to this for the least loaded backend.
 pub const LEVELS: u32 = 16;
 
+/// The smallest change of one backend's count that makes natlb re-weigh.
+pub const MIN_MOVE: u64 = 4;
+
 /// The effective weights for backends with configured `weights` (0 = drained, stays 0) and live
-/// connection counts `conns`; `None` if they do not differ enough from `current` to be worth a
-/// commit.
-pub fn reweigh(weights: &[u32], conns: &[u64], current: &[u32]) -> Option<Vec<u32>> {
-    let next = effective(weights, conns);
-    let moved = next.iter().zip(current).any(|(&n, &c)| {
-        let (n, c) = (f64::from(n), f64::from(c));
-        (n - c).abs() >= 2.0 && (n - c).abs() > 0.25 * c.max(n)
-    });
-    (current.len() != next.len() || moved).then_some(next)
+/// connection counts `conns`; `None` if no count moved enough from `last` (the counts of the
+/// last re-weighting, `None` before the first).
+pub fn reweigh(weights: &[u32], conns: &[u64], last: Option<&[u64]>) -> Option<Vec<u32>> {
+    if let Some(last) = last
+        && last.len() == conns.len()
+        && !conns.iter().zip(last).any(|(&c, &l)| {
+            let d = c.abs_diff(l);
+            d >= MIN_MOVE && 4 * d > c.max(l)
+        })
+    {
+        return None;
+    }
+    Some(effective(weights, conns))
 }
 
 /// The effective weights, without hysteresis.
@@ -77,12 +85,14 @@ mod tests {
 
     #[test]
     fn steady_or_jittering_counts_do_not_churn() {
-        let now = effective(&[1, 1, 1], &[30, 32, 31]);
-        assert_eq!(reweigh(&[1, 1, 1], &[30, 32, 31], &now), None);
-        assert_eq!(reweigh(&[1, 1, 1], &[31, 30, 33], &now), None);
-        // A real shift does.
-        assert!(reweigh(&[1, 1, 1], &[90, 30, 30], &now).is_some());
-        // So does a changed set of backends.
-        assert!(reweigh(&[1, 1], &[0, 0], &now).is_some());
+        let last: &[u64] = &[30, 32, 31];
+        assert_eq!(reweigh(&[1, 1, 1], &[31, 30, 33], Some(last)), None);
+        // One connection on an idle backend is noise, not load.
+        assert_eq!(reweigh(&[1, 1, 1], &[15, 0, 1], Some(&[15, 0, 0])), None);
+        // A real shift re-weighs, and so does the first look or a changed set of backends.
+        assert!(reweigh(&[1, 1, 1], &[90, 30, 30], Some(last)).is_some());
+        assert!(reweigh(&[1, 1, 1], &[15, 0, 0], Some(&[0, 0, 0])).is_some());
+        assert!(reweigh(&[1, 1, 1], &[0, 0, 0], None).is_some());
+        assert!(reweigh(&[1, 1], &[0, 0], Some(last)).is_some());
     }
 }
