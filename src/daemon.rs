@@ -133,6 +133,15 @@ fn sync_table(
     Ok(Some(nft.apply(&changes)?))
 }
 
+/// The ruleset generation right after a sync: the commit's, or the current one if nothing was
+/// committed.
+fn generation_after(nft: &mut Nft, stats: Option<&CommitStats>) -> Option<u32> {
+    match stats {
+        Some(s) => Some(s.generation),
+        None => nft.generation().ok(),
+    }
+}
+
 /// `service` with backend `i`'s weight replaced by `weights[i]`.
 fn with_weights(service: &Service, weights: &[u32]) -> Service {
     let mut s = service.clone();
@@ -184,10 +193,7 @@ impl Daemon {
             }
             other => other?,
         };
-        let installed_gen = match &stats {
-            Some(s) => Some(s.generation),
-            None => nft.generation().ok(),
-        };
+        let installed_gen = generation_after(&mut nft, stats.as_ref());
         if let Some(stats) = stats {
             info!(
                 table = %want.table,
@@ -229,11 +235,11 @@ impl Daemon {
     }
 
     /// Service `i` as installed: with its `least-conn` effective weights, if any.
-    fn effective_service(&self, i: usize) -> std::borrow::Cow<'_, Service> {
+    fn effective_service(&self, i: usize) -> Service {
         let service = &self.model.services[i];
         match self.effective.get(&service.name) {
-            Some(w) => std::borrow::Cow::Owned(with_weights(service, w)),
-            None => std::borrow::Cow::Borrowed(service),
+            Some(w) => with_weights(service, w),
+            None => service.clone(),
         }
     }
 
@@ -353,7 +359,7 @@ impl Daemon {
         let mut deltas = Vec::new();
         let seed = self.model.daemon.hash_seed;
         for (&i, reps) in &by_service {
-            let service = self.effective_service(i).into_owned();
+            let service = self.effective_service(i);
             let board = &mut self.board;
             let before = render::service_elements(&service, seed, |s, b| board.is_up(s, b));
             for r in reps {
@@ -511,10 +517,7 @@ impl Daemon {
                 }
                 remember_table(&model, &want.table);
                 self.installed = want;
-                self.installed_gen = match &stats {
-                    Some(s) => Some(s.generation),
-                    None => self.nft.generation().ok(),
-                };
+                self.installed_gen = generation_after(&mut self.nft, stats.as_ref());
                 self.index = index(&model);
                 self.engine
                     .sync(&model.services, |k| board.state(&k.service, k.backend));

@@ -118,13 +118,21 @@ fn slot_table(service: &Service, seed: u32, active: &[usize]) -> Option<(u32, Ve
             } else {
                 fill(&primaries)
             };
-            let up = fill(active);
-            let slots = if home.is_empty() {
-                up
+            let mut is_active = vec![false; service.backends.len()];
+            for &i in active {
+                is_active[i] = true;
+            }
+            // All home backends up (the usual case): the home table is the answer, and the
+            // table of the up backends is not needed.
+            let slots = if !home.is_empty() && home.iter().all(|&h| is_active[h]) {
+                home
+            } else if home.is_empty() {
+                fill(active)
             } else {
+                let up = fill(active);
                 home.iter()
                     .zip(&up)
-                    .map(|(&h, &u)| if active.contains(&h) { h } else { u })
+                    .map(|(&h, &u)| if is_active[h] { h } else { u })
                     .collect()
             };
             Some((size, slots))
