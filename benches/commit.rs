@@ -813,16 +813,10 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        eprintln!("the commit benchmark needs root (network namespaces, nf_tables)");
+    if !start("commit") {
         return ExitCode::FAILURE;
     }
-    watch_signals();
     let mut notes = Vec::new();
-    if let Ok(load) = std::fs::read_to_string("/proc/loadavg") {
-        eprintln!("bench: load average at start: {}", load.trim());
-    }
 
     // Warm-up: loads the nf_tables modules both paths need, so no size pays for that.
     {

@@ -1580,16 +1580,10 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        eprintln!("the health benchmark needs root (network namespaces, nf_tables)");
+    if !start("health") {
         return ExitCode::FAILURE;
     }
-    watch_signals();
     let mut notes = Vec::new();
-    if let Ok(load) = std::fs::read_to_string("/proc/loadavg") {
-        eprintln!("bench: load average at start: {}", load.trim());
-    }
     let mut rng = Rng(o.seed);
     let started = Instant::now();
     let mut results = Vec::new();

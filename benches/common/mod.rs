@@ -330,3 +330,17 @@ pub fn pin_to(cpu: usize) -> Result<(), String> {
     nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set)
         .map_err(|e| format!("pin to CPU {cpu}: {e}"))
 }
+
+/// What every benchmark does first, after its options: checks it runs as root (namespaces,
+/// nf_tables), starts the signal watcher and prints the load average. False if not root.
+pub fn start(what: &str) -> bool {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("the {what} benchmark needs root (network namespaces, nf_tables)");
+        return false;
+    }
+    watch_signals();
+    if let Ok(load) = std::fs::read_to_string("/proc/loadavg") {
+        eprintln!("bench: load average at start: {}", load.trim());
+    }
+    true
+}
