@@ -48,7 +48,7 @@
 //!
 //! `cargo bench --bench health -- [--sizes 10000x1,1000x10,10000x2] [--rounds 30]
 //! [--window 30] [--seed S] [--keep-logs DIR] [--notrack] [--loopback]`. Needs root (network namespaces,
-//! nf_tables).
+//! nf_tables). `NATLB_BENCH_BIN=PATH` runs that build of natlb instead of this one (A/B runs).
 
 use std::collections::{HashSet, VecDeque};
 use std::fmt::Write as _;
@@ -453,7 +453,10 @@ struct Natlb {
 
 impl Natlb {
     fn start(ns: &Netns, config: &Path, log: &Path, cpu: Option<usize>) -> Result<Natlb, String> {
-        let bin = env!("CARGO_BIN_EXE_natlb");
+        // NATLB_BENCH_BIN runs another build of natlb (an A/B between two commits on the
+        // same machine); the default is this checkout's.
+        let bin = std::env::var("NATLB_BENCH_BIN")
+            .unwrap_or_else(|_| env!("CARGO_BIN_EXE_natlb").to_string());
         let mut file =
             LineWriter::new(File::create(log).map_err(|e| format!("create {log:?}: {e}"))?);
         // `ip netns exec` and `taskset` exec the command: the child's pid is natlb's, and every
@@ -464,7 +467,7 @@ impl Natlb {
             cmd.args(["taskset", "-c", &cpu.to_string()]);
         }
         let child = cmd
-            .args([bin, "run", "-c"])
+            .args([bin.as_str(), "run", "-c"])
             .arg(config)
             .env("NATLB_LOG", "info")
             .stdin(Stdio::null())

@@ -6,6 +6,7 @@ pub mod engine;
 pub mod probe;
 pub mod state;
 pub mod store;
+pub mod tcp_connect;
 
 pub use board::Board;
 pub use engine::{BackendKey, Engine, Report};

@@ -64,10 +64,9 @@ async fn check(kind: &HealthKind, t: &Target) -> Result<String, String> {
     match kind {
         HealthKind::None => Ok("no probe".into()),
         HealthKind::Tcp => {
-            let conn = TcpStream::connect(t.addr)
+            super::tcp_connect::connect_check(t.addr)
                 .await
                 .map_err(|e| format!("TCP connect to {}: {e}", t.addr))?;
-            close_with_reset(conn);
             Ok(format!("TCP connect to {} accepted", t.addr))
         }
         HealthKind::Http {
