@@ -25,7 +25,8 @@ use crate::least_conn;
 use crate::model::{Model, OnBackendDown, Scheduler, Service};
 use crate::nft::{Change, CommitStats, Nft, NftError, SetDelta};
 use crate::reconcile::{self, Plan};
-use crate::render::{self, ruleset::Ruleset};
+use crate::render::{self, layout, ruleset::Ruleset, ruleset::Value};
+use crate::sticky::Keep;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
@@ -215,7 +216,7 @@ impl Daemon {
                 "probing started"
             );
         }
-        Ok(Daemon {
+        let mut daemon = Daemon {
             config_path: config_path.to_path_buf(),
             index: index(&model),
             model,
@@ -227,7 +228,71 @@ impl Daemon {
             states_dirty: false,
             effective: HashMap::new(),
             counted: HashMap::new(),
-        })
+        };
+        // The sticky entries live in the kernel and survive a restart; those the config (or the
+        // backends' states) no longer allow go now.
+        let keep = daemon.keep_for_whole_config(&daemon.installed.clone(), true);
+        daemon.sweep_sticky(&keep, "start-up");
+        Ok(daemon)
+    }
+
+    /// What sticky entries may stay under the whole of `want` (start-up, reload). Empty, so no
+    /// read at all, when neither `want`'s config nor, with `had_any`, the previous one has a
+    /// service with persistence.
+    fn keep_for_whole_config(&self, want: &Ruleset, had_any: bool) -> Keep {
+        let any_now = self.model.services.iter().any(|s| s.persistence.is_some());
+        if !any_now && !had_any {
+            return Keep::services();
+        }
+        let mut keep = Keep::whole_config();
+        for s in &self.model.services {
+            keep.add(s, &want.elements, false);
+        }
+        keep
+    }
+
+    /// The sticky entries `keep` does not allow, as the kernel holds them now. No read when
+    /// `keep` involves no service with persistence.
+    fn stale_sticky(&mut self, keep: &Keep) -> Vec<Vec<Value>> {
+        if keep.is_empty() {
+            return vec![];
+        }
+        let mut out = Vec::new();
+        for f in layout::PERSISTENCE_FAMILIES {
+            let Some(spec) = self.installed.set(&layout::sticky_map_name(f)).cloned() else {
+                continue;
+            };
+            match self.nft.dynamic_entries(&self.installed.table, &spec) {
+                Ok(entries) => out.extend(keep.stale(&entries)),
+                Err(e) => warn!(
+                    "cannot read the sticky entries ({e}); stale ones stay until they expire"
+                ),
+            }
+        }
+        out
+    }
+
+    /// Deletes the sticky entries `keep` does not allow, in a batch of their own. After a
+    /// commit that already deleted them, this catches the entries a client made in the moment
+    /// between natlb reading them and the commit.
+    fn sweep_sticky(&mut self, keep: &Keep, when: &str) {
+        let stale = self.stale_sticky(keep);
+        if stale.is_empty() {
+            return;
+        }
+        let table = self.installed.table.clone();
+        let set = layout::sticky_map_name(crate::render::ruleset::Family::V4);
+        match self.nft.apply(&[Change::Forget {
+            table: &table,
+            set: &set,
+            keys: &stale,
+        }]) {
+            Ok(stats) => {
+                self.installed_gen = Some(stats.generation);
+                info!(entries = stale.len(), "{when}: forgot sticky entries of backends that no longer take new connections");
+            }
+            Err(e) => warn!("{when}: cannot delete {} stale sticky entries: {e}", stale.len()),
+        }
     }
 
     fn least_conn_interval(&self) -> std::time::Duration {
@@ -277,6 +342,7 @@ impl Daemon {
         let seed = self.model.daemon.hash_seed;
         let mut deltas = Vec::new();
         let mut changed = Vec::new();
+        let mut keep = Keep::services();
         for i in services {
             let service = &self.model.services[i];
             let vip = std::net::SocketAddr::new(service.vip.addr, service.vip.port);
@@ -305,6 +371,7 @@ impl Daemon {
                 board.is_up(s, b)
             });
             let d = reconcile::diff_elements(&before, &after);
+            keep.add(service, &after, service.persistence.is_some());
             if d.is_empty() {
                 // Same shares (e.g. the first look at idle backends): nothing to commit.
                 self.counted.insert(service.name.clone(), conns);
@@ -320,7 +387,7 @@ impl Daemon {
         let result = if deltas.is_empty() {
             Ok(None)
         } else {
-            self.commit_deltas(&deltas).map(Some)
+            self.commit_deltas(&deltas, &keep).map(Some)
         };
         match result {
             Ok(stats) => {
@@ -358,6 +425,7 @@ impl Daemon {
         }
         let mut deltas = Vec::new();
         let seed = self.model.daemon.hash_seed;
+        let mut keep = Keep::services();
         for (&i, reps) in &by_service {
             let service = self.effective_service(i);
             let board = &mut self.board;
@@ -367,11 +435,12 @@ impl Daemon {
             }
             let after = render::service_elements(&service, seed, |s, b| board.is_up(s, b));
             deltas.extend(reconcile::diff_elements(&before, &after));
+            keep.add(&service, &after, service.persistence.is_some());
         }
         let result = if deltas.is_empty() {
             Ok(None)
         } else {
-            self.commit_deltas(&deltas).map(Some)
+            self.commit_deltas(&deltas, &keep).map(Some)
         };
         let decided = reports.iter().map(|r| r.decided_at).min();
         for r in &reports {
@@ -458,15 +527,34 @@ impl Daemon {
 
     /// Commits element deltas to the installed table and records them; if the kernel refuses
     /// (the table was changed by hand), re-reads the table and applies the full difference.
-    fn commit_deltas(&mut self, deltas: &[SetDelta]) -> Result<CommitStats, NftError> {
+    ///
+    /// Sticky entries that `keep` no longer allows (a withdrawn backend's clients) are deleted
+    /// in the same batch; a second look right after the commit catches any made meanwhile.
+    fn commit_deltas(&mut self, deltas: &[SetDelta], keep: &Keep) -> Result<CommitStats, NftError> {
         let table = self.installed.table.clone();
-        match self.nft.apply(&[Change::Elements {
+        let stale = self.stale_sticky(keep);
+        let sticky = layout::sticky_map_name(crate::render::ruleset::Family::V4);
+        let mut changes = vec![Change::Elements {
             table: &table,
             deltas,
-        }]) {
+        }];
+        if !stale.is_empty() {
+            changes.push(Change::Forget {
+                table: &table,
+                set: &sticky,
+                keys: &stale,
+            });
+        }
+        match self.nft.apply(&changes) {
             Ok(stats) => {
                 reconcile::apply_deltas(&mut self.installed, deltas);
                 self.installed_gen = Some(stats.generation);
+                if !stale.is_empty() {
+                    info!(entries = stale.len(), "forgot the sticky entries of backends that no longer take new connections, in the same batch");
+                }
+                if !keep.is_empty() {
+                    self.sweep_sticky(keep, "after the commit");
+                }
                 Ok(stats)
             }
             Err(NftError::Rejected(errors)) => {
@@ -479,6 +567,7 @@ impl Daemon {
                 let stats = self.resync(&want)?;
                 self.installed = want;
                 self.installed_gen = Some(stats.generation);
+                self.sweep_sticky(keep, "after the retry");
                 Ok(stats)
             }
             Err(e) => Err(e),
@@ -502,7 +591,16 @@ impl Daemon {
         let mut board = self.board.clone();
         board.retain(&model);
         let want = render::render(&model, |s, b| board.is_up(s, b));
-        match self.sync_for_reload(&want) {
+        let had_persistence = self.model.services.iter().any(|s| s.persistence.is_some());
+        let mut keep = Keep::services();
+        if had_persistence || model.services.iter().any(|s| s.persistence.is_some()) {
+            keep = Keep::whole_config();
+            for s in &model.services {
+                keep.add(s, &want.elements, false);
+            }
+        }
+        let stale = self.stale_sticky(&keep);
+        match self.sync_for_reload(&want, &stale) {
             Ok(stats) => {
                 if let Some(stats) = stats {
                     info!(
@@ -526,6 +624,10 @@ impl Daemon {
                 // The reload installed the configured weights; least-conn re-weighs from there.
                 self.effective.clear();
                 self.counted.clear();
+                if !stale.is_empty() {
+                    info!(entries = stale.len(), "reload: forgot the sticky entries the new config no longer allows, in the same batch");
+                }
+                self.sweep_sticky(&keep, "after the reload");
             }
             Err(e) => error!("reload failed, the running ruleset is unchanged: {e}"),
         }
@@ -536,10 +638,16 @@ impl Daemon {
     /// table back costs the kernel time quadratic in its sets' sizes (a set dump restarts its
     /// walk for every message). Otherwise natlb reads the kernel's table again: someone may have
     /// changed it, or flushed the ruleset.
-    fn sync_for_reload(&mut self, want: &Ruleset) -> Result<Option<CommitStats>, DaemonError> {
+    fn sync_for_reload(
+        &mut self,
+        want: &Ruleset,
+        stale: &[Vec<Value>],
+    ) -> Result<Option<CommitStats>, DaemonError> {
         let current = self.nft.generation().ok();
         if current.is_none() || current != self.installed_gen || want.table != self.installed.table
         {
+            // The table is read back and possibly replaced; the sweep after the commit deletes
+            // what the new config does not allow.
             return sync_table(&mut self.nft, want, Some(&self.installed.table));
         }
         let plan = reconcile::plan(&self.installed, want);
@@ -547,7 +655,15 @@ impl Daemon {
             generation = current.unwrap_or(0),
             "reload: the kernel's table is as natlb left it; diffing against natlb's record"
         );
-        let changes = plan.changes(want, None);
+        let mut changes = plan.changes(want, None);
+        let sticky = layout::sticky_map_name(crate::render::ruleset::Family::V4);
+        if !stale.is_empty() {
+            changes.push(Change::Forget {
+                table: &want.table,
+                set: &sticky,
+                keys: stale,
+            });
+        }
         if changes.is_empty() {
             return Ok(None);
         }

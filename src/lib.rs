@@ -15,4 +15,5 @@ pub mod nft;
 pub mod reconcile;
 pub mod render;
 pub mod state_dir;
+pub mod sticky;
 pub mod support;

@@ -228,3 +228,35 @@ pub struct IpNet {
 
 /// The largest weight a backend may have; keeps slot arithmetic in `u32` without overflow.
 pub const MAX_WEIGHT: u32 = 10_000;
+
+/// The persistence durations natlb offers, as nft writes them, with their length in seconds.
+/// The `update` that remembers a client holds its timeout as a constant, so each duration is a
+/// rule of the fixed layout (`render::layout`) and a service picks one by joining its set:
+/// changing a service's persistence stays an element delta.
+pub const PERSISTENCE: [(&str, u64); 16] = [
+    ("10s", 10),
+    ("30s", 30),
+    ("1m", 60),
+    ("2m", 120),
+    ("5m", 300),
+    ("10m", 600),
+    ("15m", 900),
+    ("20m", 1200),
+    ("30m", 1800),
+    ("45m", 2700),
+    ("1h", 3600),
+    ("2h", 7200),
+    ("4h", 14400),
+    ("8h", 28800),
+    ("12h", 43200),
+    ("1d", 86400),
+];
+
+/// The label of a persistence duration natlb offers, or `None`.
+pub fn persistence_label(d: std::time::Duration) -> Option<&'static str> {
+    PERSISTENCE
+        .iter()
+        .find(|(_, secs)| d == std::time::Duration::from_secs(*secs))
+        .map(|(label, _)| *label)
+}
+

@@ -166,7 +166,13 @@ enum SetMsgKind {
     Declare,
     AddElements,
     DelElements,
+    /// `DESTROYSETELEM`: delete, and no error if the element is gone (an entry the kernel
+    /// filled can time out between natlb reading it and the batch).
+    DestroyElements,
 }
+
+/// `NFT_MSG_DESTROYSETELEM` (kernel 6.3), not in the libc crate yet.
+const NFT_MSG_DESTROYSETELEM: u32 = 30;
 
 fn new_set(table: &str, name: &str, id: u32) -> NonNull<sys::nftnl_set> {
     let (table, name) = (cstring(table), cstring(name));
@@ -191,11 +197,16 @@ impl SetMsg {
         // SAFETY: s is live; setters copy their input; the counter expression's ownership
         // passes to the set.
         unsafe {
-            let flags = if spec.is_map() {
+            let mut flags = if spec.is_map() {
                 libc::NFT_SET_MAP as u32
             } else {
                 0
             };
+            if let Some(size) = spec.dynamic {
+                // `flags dynamic,timeout; size N`, as nft declares it.
+                flags |= (libc::NFT_SET_EVAL | libc::NFT_SET_TIMEOUT) as u32;
+                sys::nftnl_set_set_u32(p, sys::NFTNL_SET_DESC_SIZE as u16, size);
+            }
             sys::nftnl_set_set_u32(p, sys::NFTNL_SET_FLAGS as u16, flags);
             sys::nftnl_set_set_u32(
                 p,
@@ -240,6 +251,20 @@ impl SetMsg {
             set,
             SetMsgKind::AddElements,
             elements.into_iter().map(|(k, e)| (k, Some(e))),
+        )
+    }
+
+    /// Element lists to delete the elements with these keys from `set` if they still exist.
+    pub fn destroy_elements<'a>(
+        table: &str,
+        set: &str,
+        keys: impl IntoIterator<Item = &'a Vec<Value>>,
+    ) -> Vec<(SetMsg, usize)> {
+        Self::element_chunks(
+            table,
+            set,
+            SetMsgKind::DestroyElements,
+            keys.into_iter().map(|k| (k, None)),
         )
     }
 
@@ -345,6 +370,10 @@ unsafe impl NlMsg for SetMsg {
                 }
                 SetMsgKind::DelElements => {
                     let nlh = header(buf, libc::NFT_MSG_DELSETELEM as u32, 0, seq);
+                    sys::nftnl_set_elems_nlmsg_build_payload(nlh, self.set.as_ptr());
+                }
+                SetMsgKind::DestroyElements => {
+                    let nlh = header(buf, NFT_MSG_DESTROYSETELEM, 0, seq);
                     sys::nftnl_set_elems_nlmsg_build_payload(nlh, self.set.as_ptr());
                 }
             }
@@ -555,6 +584,38 @@ fn build_expr(e: &Expr, set_id: &impl Fn(&str) -> u32) -> NonNull<sys::nftnl_exp
                     x.as_ptr(),
                     sys::NFTNL_EXPR_IMM_CHAIN as u16,
                     name.as_ptr(),
+                );
+                x
+            }
+            Expr::Dynset {
+                key_reg,
+                data_reg,
+                set,
+                timeout_ms,
+            } => {
+                let x = expr_alloc(c"dynset");
+                let name = cstring(set);
+                set_u32(x.as_ptr(), sys::NFTNL_EXPR_DYNSET_SREG_KEY as u16, *key_reg);
+                set_u32(x.as_ptr(), sys::NFTNL_EXPR_DYNSET_SREG_DATA as u16, *data_reg);
+                set_u32(
+                    x.as_ptr(),
+                    sys::NFTNL_EXPR_DYNSET_OP as u16,
+                    libc::NFT_DYNSET_OP_UPDATE as u32,
+                );
+                sys::nftnl_expr_set_u64(
+                    x.as_ptr(),
+                    sys::NFTNL_EXPR_DYNSET_TIMEOUT as u16,
+                    *timeout_ms,
+                );
+                sys::nftnl_expr_set_str(
+                    x.as_ptr(),
+                    sys::NFTNL_EXPR_DYNSET_SET_NAME as u16,
+                    name.as_ptr(),
+                );
+                set_u32(
+                    x.as_ptr(),
+                    sys::NFTNL_EXPR_DYNSET_SET_ID as u16,
+                    set_id(set),
                 );
                 x
             }

@@ -37,6 +37,13 @@ pub enum Change<'a> {
         table: &'a str,
         deltas: &'a [SetDelta],
     },
+    /// Deletes elements the kernel filled (sticky entries), if they still exist: an entry can
+    /// time out between natlb reading it and the commit.
+    Forget {
+        table: &'a str,
+        set: &'a str,
+        keys: &'a [Vec<Value>],
+    },
 }
 
 /// What a commit cost.
@@ -105,6 +112,15 @@ impl Nft {
                     b.push(&t, MsgType::Del, format!("deleting table inet {name}"));
                 }
                 Change::CreateTable(rs) => create_table(&mut b, rs),
+                Change::Forget { table, set, keys } => {
+                    for (msg, n) in SetMsg::destroy_elements(table, set, keys) {
+                        b.push(
+                            &msg,
+                            MsgType::Del,
+                            format!("forgetting {n} sticky entr(y/ies) of {set}"),
+                        );
+                    }
+                }
                 Change::Elements { table, deltas } => {
                     for d in deltas {
                         for (msg, n) in SetMsg::del_elements(table, &d.set, &d.remove) {
@@ -205,7 +221,8 @@ impl Nft {
             return Ok(Installed::Foreign { reason });
         }
         let mut rs = layout.clone();
-        for spec in &layout.sets {
+        // The kernel fills the dynamic maps; they are not part of what natlb installs.
+        for spec in layout.sets.iter().filter(|s| s.dynamic.is_none()) {
             match self.read_set(&layout.table, spec)? {
                 Ok(elements) => {
                     rs.elements.insert(spec.name.clone(), elements);
@@ -271,6 +288,19 @@ impl Nft {
             )));
         }
         Ok(None)
+    }
+
+    /// The entries of a dynamic map the kernel filled (sticky entries): key and data each.
+    pub fn dynamic_entries(
+        &mut self,
+        table: &str,
+        spec: &SetSpec,
+    ) -> Result<Vec<(Vec<Value>, Vec<Value>)>, NftError> {
+        Ok(match self.read_set(table, spec)? {
+            Ok(elements) => elements.into_iter().map(|(k, e)| (k, e.data)).collect(),
+            // Missing or unreadable: nothing natlb could delete by key.
+            Err(_) => vec![],
+        })
     }
 
     fn read_set(

@@ -21,6 +21,42 @@ pub const SLOT_CLASSES: [u32; 20] = [
 /// The largest slot table, which is also how many backends one service can have.
 pub const MAX_SLOTS: u32 = 256;
 
+pub use crate::model::{PERSISTENCE, persistence_label};
+
+/// The most clients the sticky map remembers at once (the kernel's limit for the map). Past
+/// it, new clients are not remembered until entries expire; everything else works on.
+pub const STICKY_SIZE: u32 = 1 << 20;
+
+/// The map the kernel fills: client address . VIP . protocol . port -> backend.
+pub fn sticky_map_name(f: Family) -> String {
+    format!("sticky{}", f.digit())
+}
+
+/// The key of the sticky map: the client's address, then the service's key.
+pub fn sticky_key(f: Family) -> Vec<Field> {
+    vec![Field::Saddr(f), Field::Daddr(f), Field::L4proto, Field::Dport]
+}
+
+/// Services with persistence, whatever its duration: the guard of the remember chain.
+pub fn persistent_set_name(f: Family) -> String {
+    format!("persistent{}", f.digit())
+}
+
+/// Services whose persistence lasts `label`.
+pub fn persist_set_name(f: Family, label: &str) -> String {
+    format!("persist{}_{label}", f.digit())
+}
+
+/// The regular chain that remembers a new connection's backend.
+pub fn remember_chain_name(f: Family) -> String {
+    format!("remember{}", f.digit())
+}
+
+/// Persistence is IPv4 only: nft 1.0.6 (Debian 12) cannot write a dynamic map update whose
+/// key or value is longer than 16 bytes, and an IPv6 client with its VIP takes 40. natlb's
+/// table must stay loadable and listable with that nft.
+pub const PERSISTENCE_FAMILIES: [Family; 1] = [Family::V4];
+
 /// The template the layout is written in; `natlb render` fills it.
 pub const TEMPLATE: &str = include_str!("../../nft-templates/natlb.nft");
 
@@ -194,6 +230,7 @@ pub fn sets() -> Vec<SetSpec> {
             key: vip_key(f),
             data: vec![],
             counter: false,
+            dynamic: None,
             comment: format!(
                 "every {} service: other packets leave natlb's chains after one lookup",
                 family_name(f)
@@ -207,6 +244,7 @@ pub fn sets() -> Vec<SetSpec> {
                 key: vip_key(f),
                 data: vec![],
                 counter: false,
+                dynamic: None,
                 comment: format!(
                     "{} services whose backend is {}",
                     family_name(f),
@@ -223,6 +261,7 @@ pub fn sets() -> Vec<SetSpec> {
                     key: vip_key(f),
                     data: vec![],
                     counter: false,
+                    dynamic: None,
                     comment: format!("{} services with {t} slots, {}", family_name(f), p.picked()),
                 });
             }
@@ -234,6 +273,7 @@ pub fn sets() -> Vec<SetSpec> {
             key: slot_key(f),
             data: endpoint_data(f),
             counter: true,
+            dynamic: None,
             comment: format!(
                 "{} service slot -> backend; counts new connections",
                 family_name(f)
@@ -246,6 +286,7 @@ pub fn sets() -> Vec<SetSpec> {
             key: vip_key(f),
             data: vec![],
             counter: false,
+            dynamic: None,
             comment: format!(
                 "{} services whose backends see the gateway's address",
                 family_name(f)
@@ -258,6 +299,7 @@ pub fn sets() -> Vec<SetSpec> {
             key: vip_key(f),
             data: vec![],
             counter: false,
+            dynamic: None,
             comment: format!(
                 "{} services with no backend up: new connections are refused",
                 family_name(f)
@@ -270,6 +312,7 @@ pub fn sets() -> Vec<SetSpec> {
             key: vip_key(f),
             data: vec![],
             counter: false,
+            dynamic: None,
             comment: format!(
                 "{} services with no backend up: new connections are dropped",
                 family_name(f)
@@ -282,9 +325,46 @@ pub fn sets() -> Vec<SetSpec> {
             key: vip_key(f),
             data: vec![Field::Saddr(f)],
             counter: false,
+            dynamic: None,
             comment: format!(
                 "{} services whose backends see a fixed source address",
                 family_name(f)
+            ),
+        });
+    }
+    for f in PERSISTENCE_FAMILIES {
+        out.push(SetSpec {
+            name: persistent_set_name(f),
+            key: vip_key(f),
+            data: vec![],
+            counter: false,
+            dynamic: None,
+            comment: format!("{} services with persistence", family_name(f)),
+        });
+        for (label, _) in PERSISTENCE {
+            out.push(SetSpec {
+                name: persist_set_name(f, label),
+                key: vip_key(f),
+                data: vec![],
+                counter: false,
+                dynamic: None,
+                comment: format!(
+                    "{} services whose clients keep their backend for {label} after their last new connection",
+                    family_name(f)
+                ),
+            });
+        }
+        out.push(SetSpec {
+            name: sticky_map_name(f),
+            key: sticky_key(f),
+            data: endpoint_data(f),
+            counter: false,
+            dynamic: Some(STICKY_SIZE),
+            // Short: the set's userdata (typeof and comment) must fit in 256 bytes.
+            comment: format!(
+                "{} client . service -> backend, filled by {}",
+                family_name(f),
+                remember_chain_name(f)
             ),
         });
     }
@@ -295,6 +375,21 @@ pub fn sets() -> Vec<SetSpec> {
 /// of the source-hash rules.
 pub fn chains(seed: u32) -> Vec<ChainSpec> {
     let mut out = Vec::new();
+    for f in PERSISTENCE_FAMILIES {
+        out.push(ChainSpec {
+            name: remember_chain_name(f),
+            base: None,
+            // As the template expands them: every duration for TCP, then for UDP.
+            rules: [Protocol::Tcp, Protocol::Udp]
+                .iter()
+                .flat_map(|&p| {
+                    PERSISTENCE
+                        .iter()
+                        .map(move |&(label, secs)| remember_rule(f, p, label, secs))
+                })
+                .collect(),
+        });
+    }
     for f in FAMILIES {
         for p in PICKS {
             out.push(ChainSpec {
@@ -310,10 +405,14 @@ pub fn chains(seed: u32) -> Vec<ChainSpec> {
     }
     // A new connection to anything but a VIP costs one lookup here; one to a VIP, one more per
     // way of picking until its own, then the rules of that way's slot sizes.
+    // A client the remember chain saw recently goes back to its backend before any slot is
+    // picked.
     let dnat_rules: Vec<RuleSpec> = FAMILIES
         .iter()
         .flat_map(|&f| {
-            std::iter::once(not_a_vip_rule(f)).chain(PICKS.iter().map(move |&p| goto_rule(f, p)))
+            std::iter::once(not_a_vip_rule(f))
+                .chain(PERSISTENCE_FAMILIES.contains(&f).then(|| sticky_dnat_rule(f)))
+                .chain(PICKS.iter().map(move |&p| goto_rule(f, p)))
         })
         .collect();
     let mut snat_rules = Vec::new();
@@ -326,7 +425,12 @@ pub fn chains(seed: u32) -> Vec<ChainSpec> {
     }
     // Filter chains see every packet, so the common cases leave first: a packet of a known
     // connection (one `ct` load), then a new connection to anything but a VIP (one lookup).
+    // A new connection just DNATed for a service with persistence goes to the remember chain
+    // (and no further here: it is no longer addressed to a VIP).
     let down_rules: Vec<RuleSpec> = std::iter::once(not_new_rule())
+        .chain(PERSISTENCE_FAMILIES.iter().flat_map(|&f| {
+            [Protocol::Tcp, Protocol::Udp].map(|p| to_remember_rule(f, p))
+        }))
         .chain(FAMILIES.iter().map(|&f| not_a_vip_rule(f)))
         .chain(FAMILIES.iter().flat_map(|&f| all_down_rules(f)))
         .collect();
@@ -507,7 +611,11 @@ const REG1_WORD: u32 = 4;
 /// Loads `ip daddr . meta l4proto . th dport` into consecutive registers from `NFT_REG_1`;
 /// `daddr` is a packet field (`Some(family)`) or, for SNAT, the conntrack original destination.
 fn load_vip_key(f: Family, from_conntrack: bool, out: &mut Vec<Expr>) -> u32 {
-    let mut word = REG1_WORD;
+    load_vip_key_at(f, from_conntrack, REG1_WORD, out)
+}
+
+/// [`load_vip_key`] from register word `word`; returns the next free word.
+fn load_vip_key_at(f: Family, from_conntrack: bool, mut word: u32, out: &mut Vec<Expr>) -> u32 {
     if from_conntrack {
         out.push(Expr::Ct {
             key: match f {
@@ -622,28 +730,7 @@ fn dnat_rule(f: Family, p: Pick, slots: u32, seed: u32) -> RuleSpec {
 /// `meta l4proto P ct status dnat ct original ip daddr . meta l4proto . ct original proto-dst
 /// @snat_masq4 masquerade`, or the `snat ip to ... map @snat_addr4` variant.
 fn snat_rule(f: Family, p: Protocol, masquerade: bool) -> RuleSpec {
-    let [load, cmp] = meta_is(libc::NFT_META_L4PROTO, p.number());
-    let mut e = vec![
-        load,
-        cmp,
-        Expr::Ct {
-            key: libc::NFT_CT_STATUS as u32,
-            dir: None,
-            dreg: REG1,
-        },
-        Expr::Bitwise {
-            sreg: REG1,
-            dreg: REG1,
-            mask: (IPS_DST_NAT).to_ne_bytes().to_vec(),
-            xor: vec![0; 4],
-        },
-        Expr::Cmp {
-            sreg: REG1,
-            op: CmpOp::Neq,
-            data: vec![0; 4],
-        },
-    ];
-    load_vip_key(f, true, &mut e);
+    let mut e = dnatted_to_vip(f, p);
     if masquerade {
         e.push(Expr::Lookup {
             sreg: REG1,
@@ -669,6 +756,136 @@ fn snat_rule(f: Family, p: Protocol, masquerade: bool) -> RuleSpec {
     RuleSpec {
         exprs: e,
         comment: String::new(),
+    }
+}
+
+/// `meta l4proto P ct status dnat ct original ip daddr . meta l4proto . ct original proto-dst`,
+/// the service key of a DNATed connection loaded from `NFT_REG_1`. nft needs the protocol to
+/// read `ct original proto-dst`, hence one rule per protocol.
+fn dnatted_to_vip(f: Family, p: Protocol) -> Vec<Expr> {
+    let [load, cmp] = meta_is(libc::NFT_META_L4PROTO, p.number());
+    let mut e = vec![
+        load,
+        cmp,
+        Expr::Ct {
+            key: libc::NFT_CT_STATUS as u32,
+            dir: None,
+            dreg: REG1,
+        },
+        Expr::Bitwise {
+            sreg: REG1,
+            dreg: REG1,
+            mask: (IPS_DST_NAT).to_ne_bytes().to_vec(),
+            xor: vec![0; 4],
+        },
+        Expr::Cmp {
+            sreg: REG1,
+            op: CmpOp::Neq,
+            data: vec![0; 4],
+        },
+    ];
+    load_vip_key(f, true, &mut e);
+    e
+}
+
+/// `meta l4proto P ct status dnat ct original ip daddr . meta l4proto . ct original proto-dst
+/// @persistent4 goto remember4`
+fn to_remember_rule(f: Family, p: Protocol) -> RuleSpec {
+    let mut e = dnatted_to_vip(f, p);
+    e.push(Expr::Lookup {
+        sreg: REG1,
+        set: persistent_set_name(f),
+        dreg: None,
+        invert: false,
+    });
+    e.push(Expr::Goto(remember_chain_name(f)));
+    RuleSpec {
+        exprs: e,
+        comment: String::new(),
+    }
+}
+
+/// `meta l4proto P ct original ip daddr . meta l4proto . ct original proto-dst @persist4_D
+/// update @sticky4 { ip saddr . ct original ip daddr . meta l4proto . ct original proto-dst
+/// timeout D : ip daddr . th dport }`: remembers (or, for a known client, keeps remembering)
+/// the backend this new connection was sent to.
+fn remember_rule(f: Family, p: Protocol, label: &str, secs: u64) -> RuleSpec {
+    let mut e = meta_is(libc::NFT_META_L4PROTO, p.number()).to_vec();
+    load_vip_key(f, true, &mut e);
+    e.push(Expr::Lookup {
+        sreg: REG1,
+        set: persist_set_name(f, label),
+        dreg: None,
+        invert: false,
+    });
+    e.extend(meta_is(libc::NFT_META_NFPROTO, f.nfproto()));
+    e.push(saddr(f, REG1_WORD));
+    let data_word = load_vip_key_at(f, true, REG1_WORD + f.addr_len() / 4, &mut e);
+    e.push(Expr::Payload {
+        base: libc::NFT_PAYLOAD_NETWORK_HEADER as u32,
+        offset: daddr_offset(f),
+        len: f.addr_len(),
+        dreg: reg_at_word(data_word),
+    });
+    e.push(Expr::Payload {
+        base: libc::NFT_PAYLOAD_TRANSPORT_HEADER as u32,
+        offset: 2,
+        len: 2,
+        dreg: reg_at_word(data_word + f.addr_len() / 4),
+    });
+    e.push(Expr::Dynset {
+        key_reg: REG1,
+        data_reg: reg_at_word(data_word),
+        set: sticky_map_name(f),
+        timeout_ms: secs * 1000,
+    });
+    RuleSpec {
+        exprs: e,
+        comment: String::new(),
+    }
+}
+
+/// `dnat ip to ip saddr . ip daddr . meta l4proto . th dport map @sticky4`: a miss falls
+/// through to the slot rules.
+fn sticky_dnat_rule(f: Family) -> RuleSpec {
+    let mut e = meta_is(libc::NFT_META_NFPROTO, f.nfproto()).to_vec();
+    e.push(saddr(f, REG1_WORD));
+    load_vip_key_at(f, false, REG1_WORD + f.addr_len() / 4, &mut e);
+    e.push(Expr::Lookup {
+        sreg: REG1,
+        set: sticky_map_name(f),
+        dreg: Some(REG1),
+        invert: false,
+    });
+    e.push(Expr::Nat {
+        kind: NatKind::Dnat,
+        family: f,
+        addr_reg: REG1,
+        proto_reg: Some(reg_at_word(REG1_WORD + f.addr_len() / 4)),
+    });
+    RuleSpec {
+        exprs: e,
+        comment: String::new(),
+    }
+}
+
+/// `ip saddr` into the register at `word`.
+fn saddr(f: Family, word: u32) -> Expr {
+    Expr::Payload {
+        base: libc::NFT_PAYLOAD_NETWORK_HEADER as u32,
+        offset: match f {
+            Family::V4 => 12,
+            Family::V6 => 8,
+        },
+        len: f.addr_len(),
+        dreg: reg_at_word(word),
+    }
+}
+
+fn daddr_offset(f: Family) -> u32 {
+    match f {
+        Family::V4 => 16,
+        Family::V6 => 24,
     }
 }
 

@@ -174,6 +174,21 @@ fn add_service_elements(
         service.name.clone(),
     );
 
+    if let Some(label) = service.persistence.and_then(layout::persistence_label) {
+        put(
+            layout::persistent_set_name(family),
+            vip_key.clone(),
+            vec![],
+            service.name.clone(),
+        );
+        put(
+            layout::persist_set_name(family, label),
+            vip_key.clone(),
+            vec![],
+            service.name.clone(),
+        );
+    }
+
     let active = active_backends(service, is_up);
     if let Some((size, slots)) = slot_table(service, seed, &active) {
         put(

@@ -199,6 +199,9 @@ pub struct SetSpec {
     pub data: Vec<Field>,
     /// Per-element counters: each element counts the connections it dispatched.
     pub counter: bool,
+    /// `Some(size)`: a map the kernel fills from the packet path (`flags dynamic,timeout`,
+    /// at most `size` elements). natlb never adds its elements, only deletes stale ones.
+    pub dynamic: Option<u32>,
     pub comment: String,
 }
 
@@ -278,6 +281,14 @@ pub enum Expr {
     Goto(String),
     /// The `drop` verdict.
     Drop,
+    /// `update @set { <key from key_reg> timeout T : <data from data_reg> }`: adds the element,
+    /// or restarts its timeout if it exists (its data stays).
+    Dynset {
+        key_reg: u32,
+        data_reg: u32,
+        set: String,
+        timeout_ms: u64,
+    },
 }
 
 impl Expr {
@@ -296,6 +307,7 @@ impl Expr {
             Expr::Reject { .. } => "reject",
             Expr::Jhash { .. } => "hash",
             Expr::Accept | Expr::Drop | Expr::Goto(_) => "immediate",
+            Expr::Dynset { .. } => "dynset",
         }
     }
 }

@@ -2,7 +2,7 @@
 
 use std::fmt::Write;
 
-use super::layout::{SLOT_CLASSES, TEMPLATE};
+use super::layout::{PERSISTENCE, SLOT_CLASSES, TEMPLATE};
 use super::maglev;
 use super::ruleset::{Ruleset, Value};
 
@@ -63,6 +63,13 @@ pub fn expand_template(table: &str, comment: &str, seed: u32) -> String {
             .replace("{table}", table)
             .replace("{comment}", comment)
             .replace("{seed}", &format!("{seed:#x}"));
+        if line.contains("{P}") {
+            for (label, _) in PERSISTENCE {
+                out.push_str(&line.replace("{P}", label));
+                out.push('\n');
+            }
+            continue;
+        }
         let sizes: &[u32] = if line.contains("{T}") {
             &SLOT_CLASSES
         } else if line.contains("{M}") {

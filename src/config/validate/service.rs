@@ -155,7 +155,7 @@ fn service(dto: &Spanned<ServiceDto>, d: &mut Diagnostics<'_>) -> Checked {
         );
     }
 
-    let persistence = duration(&s.persistence, "persistence", d);
+    let persistence = persistence(&s.persistence, listen.as_ref().map(|l| l.get_ref()), d);
     let snat = snat(&s.snat, listen.as_ref().map(|l| l.get_ref()), d);
     let on_all_down = keyword(
         &s.on_all_down,
@@ -886,4 +886,45 @@ fn backend(
         backup: b.backup.unwrap_or(false),
         health_port: health_port?,
     })
+}
+
+/// `persistence`: one of the durations the table has a rule for, on an IPv4 service.
+fn persistence(
+    value: &Option<Spanned<super::super::dto::DurationText>>,
+    listen: Option<&std::net::SocketAddr>,
+    d: &mut Diagnostics<'_>,
+) -> Option<Option<Duration>> {
+    let parsed = duration(value, "persistence", d)?;
+    let (Some(value), Some(dur)) = (value, parsed) else {
+        return Some(parsed);
+    };
+    if crate::model::persistence_label(dur).is_none() {
+        let offered: Vec<&str> = crate::model::PERSISTENCE.iter().map(|(l, _)| *l).collect();
+        let nearest = crate::model::PERSISTENCE
+            .iter()
+            .min_by_key(|(_, secs)| dur.as_secs().abs_diff(*secs))
+            .map(|(l, _)| *l)
+            .unwrap_or("30m");
+        d.error(
+            value.span(),
+            format!(
+                "persistence = \"{}\" is not one of the durations natlb offers: {} (the nearest \
+                 is \"{nearest}\"). Each is a fixed rule of natlb's table, so that changing a \
+                 service's persistence is an element change like any other",
+                value.get_ref().0,
+                offered.join(", ")
+            ),
+        );
+        return None;
+    }
+    if listen.is_some_and(|l| l.is_ipv6()) {
+        d.error(
+            value.span(),
+            "persistence works on IPv4 services only for now: nft 1.0.6 cannot write the \
+             dynamic map an IPv6 client needs (its key would exceed 16 bytes); remove it, or use \
+             scheduler = \"source-hash\", which keeps a client on its backend without state",
+        );
+        return None;
+    }
+    Some(parsed)
 }
