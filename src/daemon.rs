@@ -264,9 +264,9 @@ impl Daemon {
             };
             match self.nft.dynamic_entries(&self.installed.table, &spec) {
                 Ok(entries) => out.extend(keep.stale(&entries)),
-                Err(e) => warn!(
-                    "cannot read the sticky entries ({e}); stale ones stay until they expire"
-                ),
+                Err(e) => {
+                    warn!("cannot read the sticky entries ({e}); stale ones stay until they expire")
+                }
             }
         }
         out
@@ -289,9 +289,15 @@ impl Daemon {
         }]) {
             Ok(stats) => {
                 self.installed_gen = Some(stats.generation);
-                info!(entries = stale.len(), "{when}: forgot sticky entries of backends that no longer take new connections");
+                info!(
+                    entries = stale.len(),
+                    "{when}: forgot sticky entries of backends that no longer take new connections"
+                );
             }
-            Err(e) => warn!("{when}: cannot delete {} stale sticky entries: {e}", stale.len()),
+            Err(e) => warn!(
+                "{when}: cannot delete {} stale sticky entries: {e}",
+                stale.len()
+            ),
         }
     }
 
@@ -550,7 +556,10 @@ impl Daemon {
                 reconcile::apply_deltas(&mut self.installed, deltas);
                 self.installed_gen = Some(stats.generation);
                 if !stale.is_empty() {
-                    info!(entries = stale.len(), "forgot the sticky entries of backends that no longer take new connections, in the same batch");
+                    info!(
+                        entries = stale.len(),
+                        "forgot the sticky entries of backends that no longer take new connections, in the same batch"
+                    );
                 }
                 if !keep.is_empty() {
                     self.sweep_sticky(keep, "after the commit");
@@ -625,7 +634,10 @@ impl Daemon {
                 self.effective.clear();
                 self.counted.clear();
                 if !stale.is_empty() {
-                    info!(entries = stale.len(), "reload: forgot the sticky entries the new config no longer allows, in the same batch");
+                    info!(
+                        entries = stale.len(),
+                        "reload: forgot the sticky entries the new config no longer allows, in the same batch"
+                    );
                 }
                 self.sweep_sticky(&keep, "after the reload");
             }

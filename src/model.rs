@@ -259,4 +259,3 @@ pub fn persistence_label(d: std::time::Duration) -> Option<&'static str> {
         .find(|(_, secs)| d == std::time::Duration::from_secs(*secs))
         .map(|(label, _)| *label)
 }
-

@@ -11,6 +11,7 @@
 use std::collections::{BTreeSet, HashMap};
 
 use crate::model::Service;
+use crate::nft::KernelEntry;
 use crate::render::layout;
 use crate::render::ruleset::{Elements, Family, Value};
 
@@ -76,7 +77,7 @@ impl Keep {
 
     /// Of `entries` (key: client . VIP . protocol . port; data: backend address . port), the
     /// keys to delete.
-    pub fn stale(&self, entries: &[(Vec<Value>, Vec<Value>)]) -> Vec<Vec<Value>> {
+    pub fn stale(&self, entries: &[KernelEntry]) -> Vec<Vec<Value>> {
         entries
             .iter()
             .filter(|(key, data)| {
@@ -137,7 +138,8 @@ mod tests {
     fn a_withdrawn_backend_loses_its_clients_and_only_them() {
         let m = model("persistence = \"5m\"");
         let a = &m.services[0];
-        let down = |_: &Service, b: &crate::model::Backend| b.address.to_string() != "192.0.2.2:8080";
+        let down =
+            |_: &Service, b: &crate::model::Backend| b.address.to_string() != "192.0.2.2:8080";
         let mut keep = Keep::services();
         keep.add(a, &service_elements(a, 0, down), true);
         let entries = [

@@ -1649,3 +1649,22 @@ fn least_conn_interval() {
         "{e}"
     );
 }
+
+#[test]
+fn persistence_is_one_of_the_offered_durations_on_an_ipv4_service() {
+    let e = error(&service_with("persistence = \"25m\""));
+    assert!(
+        e.starts_with("t.toml:4:15: persistence = \"25m\" is not one of the durations natlb offers: 10s, 30s, 1m,"),
+        "{e}"
+    );
+    assert!(e.contains("(the nearest is \"20m\")"), "{e}");
+    // Any spelling of an offered duration is fine: 60m is 1h.
+    assert!(parse("t.toml", &service_with("persistence = \"60m\"")).is_ok());
+    let v6 = "[[service]]\nname = \"web\"\nlisten = \"[2001:db8::10]:80\"\npersistence = \"5m\"\n\
+              [[service.backend]]\naddress = \"[2001:db8:1::11]:8080\"\n";
+    let e = error(v6);
+    assert!(
+        e.starts_with("t.toml:4:15: persistence works on IPv4 services only for now"),
+        "{e}"
+    );
+}

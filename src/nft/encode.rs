@@ -596,7 +596,11 @@ fn build_expr(e: &Expr, set_id: &impl Fn(&str) -> u32) -> NonNull<sys::nftnl_exp
                 let x = expr_alloc(c"dynset");
                 let name = cstring(set);
                 set_u32(x.as_ptr(), sys::NFTNL_EXPR_DYNSET_SREG_KEY as u16, *key_reg);
-                set_u32(x.as_ptr(), sys::NFTNL_EXPR_DYNSET_SREG_DATA as u16, *data_reg);
+                set_u32(
+                    x.as_ptr(),
+                    sys::NFTNL_EXPR_DYNSET_SREG_DATA as u16,
+                    *data_reg,
+                );
                 set_u32(
                     x.as_ptr(),
                     sys::NFTNL_EXPR_DYNSET_OP as u16,

@@ -25,6 +25,9 @@ pub struct SetDelta {
     pub add: Vec<(Vec<Value>, Entry)>,
 }
 
+/// An element the kernel added to a dynamic map: its key and its data.
+pub type KernelEntry = (Vec<Value>, Vec<Value>);
+
 /// One step of a transaction. A transaction is a list of steps sent as one batch.
 #[derive(Debug, Clone, Copy)]
 pub enum Change<'a> {
@@ -295,7 +298,7 @@ impl Nft {
         &mut self,
         table: &str,
         spec: &SetSpec,
-    ) -> Result<Vec<(Vec<Value>, Vec<Value>)>, NftError> {
+    ) -> Result<Vec<KernelEntry>, NftError> {
         Ok(match self.read_set(table, spec)? {
             Ok(elements) => elements.into_iter().map(|(k, e)| (k, e.data)).collect(),
             // Missing or unreadable: nothing natlb could delete by key.

@@ -34,7 +34,12 @@ pub fn sticky_map_name(f: Family) -> String {
 
 /// The key of the sticky map: the client's address, then the service's key.
 pub fn sticky_key(f: Family) -> Vec<Field> {
-    vec![Field::Saddr(f), Field::Daddr(f), Field::L4proto, Field::Dport]
+    vec![
+        Field::Saddr(f),
+        Field::Daddr(f),
+        Field::L4proto,
+        Field::Dport,
+    ]
 }
 
 /// Services with persistence, whatever its duration: the guard of the remember chain.
@@ -411,7 +416,11 @@ pub fn chains(seed: u32) -> Vec<ChainSpec> {
         .iter()
         .flat_map(|&f| {
             std::iter::once(not_a_vip_rule(f))
-                .chain(PERSISTENCE_FAMILIES.contains(&f).then(|| sticky_dnat_rule(f)))
+                .chain(
+                    PERSISTENCE_FAMILIES
+                        .contains(&f)
+                        .then(|| sticky_dnat_rule(f)),
+                )
                 .chain(PICKS.iter().map(move |&p| goto_rule(f, p)))
         })
         .collect();
@@ -428,9 +437,11 @@ pub fn chains(seed: u32) -> Vec<ChainSpec> {
     // A new connection just DNATed for a service with persistence goes to the remember chain
     // (and no further here: it is no longer addressed to a VIP).
     let down_rules: Vec<RuleSpec> = std::iter::once(not_new_rule())
-        .chain(PERSISTENCE_FAMILIES.iter().flat_map(|&f| {
-            [Protocol::Tcp, Protocol::Udp].map(|p| to_remember_rule(f, p))
-        }))
+        .chain(
+            PERSISTENCE_FAMILIES
+                .iter()
+                .flat_map(|&f| [Protocol::Tcp, Protocol::Udp].map(|p| to_remember_rule(f, p))),
+        )
         .chain(FAMILIES.iter().map(|&f| not_a_vip_rule(f)))
         .chain(FAMILIES.iter().flat_map(|&f| all_down_rules(f)))
         .collect();

@@ -1,0 +1,227 @@
+//! Persistence end to end: natlb in a gateway namespace, three real backends, a client
+//! namespace with many source addresses, real TCP connections, and the kernel's sticky map
+//! read with `nft list map`.
+//!
+//! The service uses the `weighted` scheduler (a random slot per new connection), so without
+//! persistence a client's connections spread: the chance that one client's 6 connections all
+//! reach one backend is 3 · (1/3)^6 = 1/243, and that 12 clients all do so is below 1e-28.
+//! Every "sticks" check below rests on that bound.
+
+mod gateway;
+mod lab;
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::Path;
+use std::time::Duration;
+
+use gateway::{Gateway, T};
+
+const VIP: &str = "203.0.113.10:80";
+
+fn config(persistence: &'static str, comment: &'static str) -> impl Fn(&Path) -> String {
+    move |dir: &Path| {
+        format!(
+            r#"
+# {comment}
+[daemon]
+table = "natlb"
+control_socket = "{dir}/control.sock"
+state_dir = "{dir}/state"
+keep_rules_on_exit = true
+
+[[service]]
+name = "web"
+listen = "{VIP}"
+snat = "masquerade"
+persistence = "{persistence}"
+
+[service.health]
+type = "tcp"
+interval = "200ms"
+fast_interval = "100ms"
+rise = 2
+fall = 2
+
+[[service.backend]]
+address = "192.0.2.11:8080"
+
+[[service.backend]]
+address = "192.0.2.12:8080"
+
+[[service.backend]]
+address = "192.0.2.13:8080"
+"#,
+            dir = dir.display(),
+        )
+    }
+}
+
+/// Client source addresses 198.51.100.100 and up, added to the client namespace.
+fn clients(g: &Gateway, n: u8) -> Vec<IpAddr> {
+    (0..n)
+        .map(|i| {
+            let ip = Ipv4Addr::new(198, 51, 100, 100 + i);
+            g.lab.add_client_address(&format!("{ip}/24"));
+            IpAddr::V4(ip)
+        })
+        .collect()
+}
+
+/// Which backend each client reaches over `tries` new connections; panics if a client's
+/// connections disagree (it did not stick).
+fn mapping(g: &Gateway, clients: &[IpAddr], tries: usize) -> BTreeMap<IpAddr, String> {
+    let vip: SocketAddr = VIP.parse().unwrap();
+    clients
+        .iter()
+        .map(|&src| {
+            let ids: Vec<String> = (0..tries)
+                .map(|_| {
+                    let line = g
+                        .lab
+                        .tcp_request_from(src, vip, T)
+                        .unwrap_or_else(|e| panic!("TCP from {src}: {e}"));
+                    lab::parse_reply(&line).unwrap().0
+                })
+                .collect();
+            assert!(
+                ids.iter().all(|id| *id == ids[0]),
+                "client {src} did not stick: {ids:?}\n{}",
+                sticky(g)
+            );
+            (src, ids[0].clone())
+        })
+        .collect()
+}
+
+/// `nft list map inet natlb sticky4`.
+fn sticky(g: &Gateway) -> String {
+    g.lab.exec_ok(
+        g.lab.gateway_ns(),
+        &["nft", "list", "map", "inet", "natlb", "sticky4"],
+    )
+}
+
+/// The sticky entries per backend address, as the kernel lists them.
+fn entries_per_backend(g: &Gateway) -> HashMap<String, usize> {
+    let listing = sticky(g);
+    let mut out = HashMap::new();
+    for i in 1..=3 {
+        let addr = format!(": 192.0.2.1{i} . 8080");
+        let n = listing.matches(&addr).count();
+        if n > 0 {
+            out.insert(format!("be{}", i - 1), n);
+        }
+    }
+    out
+}
+
+fn backend_index(id: &str) -> usize {
+    id.trim_start_matches("be").parse().unwrap()
+}
+
+#[test]
+fn a_client_sticks_and_a_withdrawn_backends_clients_are_forgotten_in_the_same_batch() {
+    let mut g = Gateway::new(config("5m", ""));
+    let clients = clients(&g, 12);
+    let before = mapping(&g, &clients, 6);
+    let per_backend = entries_per_backend(&g);
+    assert_eq!(
+        per_backend.values().sum::<usize>(),
+        12,
+        "one entry per client:\n{}",
+        sticky(&g)
+    );
+    assert!(sticky(&g).contains("timeout 5m"), "{}", sticky(&g));
+
+    // The backend with the most clients dies.
+    let (victim, _) = per_backend.iter().max_by_key(|(_, n)| **n).unwrap();
+    let victim = victim.clone();
+    g.stop_tcp(backend_index(&victim));
+    assert!(
+        g.wait_log("backend DOWN", 1, Duration::from_secs(5)),
+        "{}",
+        g.log()
+    );
+    assert!(
+        g.log().contains("in the same batch"),
+        "the withdrawal did not forget the entries in its batch:\n{}",
+        g.log()
+    );
+    assert!(
+        !entries_per_backend(&g).contains_key(&victim),
+        "entries still point at the withdrawn {victim}:\n{}",
+        sticky(&g)
+    );
+
+    // Its clients pick a backend that is up and stick to it; the others stay where they were.
+    let during = mapping(&g, &clients, 4);
+    for (c, id) in &before {
+        if *id == victim {
+            assert_ne!(&during[c], id, "client {c} still reaches the dead backend");
+        } else {
+            assert_eq!(&during[c], id, "client {c} moved though its backend is up");
+        }
+    }
+
+    // The backend comes back: no one is moved back to it (their sessions now live elsewhere).
+    g.start_tcp(backend_index(&victim));
+    assert!(
+        g.wait_log("backend UP", 1, Duration::from_secs(5)),
+        "{}",
+        g.log()
+    );
+    let after = mapping(&g, &clients, 3);
+    assert_eq!(after, during);
+}
+
+#[test]
+fn persistence_survives_a_restart_and_an_unchanged_reload_and_expires() {
+    let mut g = Gateway::new(config("10s", "first"));
+    let clients = clients(&g, 12);
+    let before = mapping(&g, &clients, 3);
+
+    // natlb dies and comes back: the entries live in the kernel's table, which natlb adopts.
+    g.natlb.as_mut().unwrap().kill9();
+    g.start();
+    assert!(
+        g.log().contains("adopted the installed table"),
+        "{}",
+        g.log()
+    );
+    assert_eq!(
+        mapping(&g, &clients, 2),
+        before,
+        "the restart lost the clients' backends"
+    );
+
+    // A reload that does not change the service keeps them too.
+    let text = config("10s", "second")(g.lab.dir());
+    g.reload(&text, "reload");
+    assert_eq!(
+        mapping(&g, &clients, 2),
+        before,
+        "the reload lost the clients' backends"
+    );
+
+    // Idle for longer than the persistence: the kernel drops every entry.
+    let empty = lab::wait_until(Duration::from_secs(15), Duration::from_millis(250), || {
+        entries_per_backend(&g).is_empty()
+    });
+    assert!(empty, "entries outlived their 10s:\n{}", sticky(&g));
+}
+
+#[test]
+fn a_reload_that_removes_persistence_forgets_the_clients() {
+    let g = Gateway::new(config("1h", ""));
+    let clients = clients(&g, 4);
+    mapping(&g, &clients, 2);
+    assert_eq!(entries_per_backend(&g).values().sum::<usize>(), 4);
+    let text = config("1h", "")(g.lab.dir()).replace("persistence = \"1h\"\n", "");
+    g.reload(&text, "reload");
+    assert!(
+        entries_per_backend(&g).is_empty(),
+        "entries of a service without persistence:\n{}",
+        sticky(&g)
+    );
+}
