@@ -63,6 +63,10 @@ struct Daemon {
     effective: HashMap<String, Vec<u32>>,
     /// The connection counts of each `least-conn` service's last re-weighting.
     counted: HashMap<String, Vec<u64>>,
+    /// Sticky sweeps still to come after a change (when, what may stay, sweeps left): a read
+    /// of the sticky map while the kernel resizes it can miss entries, so the entries of a
+    /// withdrawn backend are looked for again about 1, 3 and 7 seconds later.
+    resweeps: Vec<(tokio::time::Instant, Keep, u32)>,
 }
 
 fn warn_unsupported(model: &Model) {
@@ -228,6 +232,7 @@ impl Daemon {
             states_dirty: false,
             effective: HashMap::new(),
             counted: HashMap::new(),
+            resweeps: Vec::new(),
         };
         // The sticky entries live in the kernel and survive a restart; those the config (or the
         // backends' states) no longer allow go now.
@@ -272,9 +277,26 @@ impl Daemon {
         out
     }
 
+    /// Runs the sticky sweeps that are due (see `resweeps`).
+    fn resweep_sticky(&mut self) {
+        let now = tokio::time::Instant::now();
+        let (due, later): (Vec<_>, Vec<_>) = std::mem::take(&mut self.resweeps)
+            .into_iter()
+            .partition(|(at, _, _)| *at <= now);
+        self.resweeps = later;
+        for (_, keep, left) in due {
+            self.sweep_sticky(&keep, "a later look");
+            if left > 1 {
+                let wait = std::time::Duration::from_secs(1 << (4 - left.min(3)));
+                self.resweeps.push((now + wait, keep, left - 1));
+            }
+        }
+    }
+
     /// Deletes the sticky entries `keep` does not allow, in a batch of their own. After a
     /// commit that already deleted them, this catches the entries a client made in the moment
-    /// between natlb reading them and the commit.
+    /// between natlb reading them and the commit, and later ones (`resweeps`) those a read
+    /// during a resize of the map missed.
     fn sweep_sticky(&mut self, keep: &Keep, when: &str) {
         let stale = self.stale_sticky(keep);
         if stale.is_empty() {
@@ -377,7 +399,7 @@ impl Daemon {
                 board.is_up(s, b)
             });
             let d = reconcile::diff_elements(&before, &after);
-            keep.add(service, &after, service.persistence.is_some());
+            keep.add_if_withdrawn(service, &before, &after);
             if d.is_empty() {
                 // Same shares (e.g. the first look at idle backends): nothing to commit.
                 self.counted.insert(service.name.clone(), conns);
@@ -441,7 +463,7 @@ impl Daemon {
             }
             let after = render::service_elements(&service, seed, |s, b| board.is_up(s, b));
             deltas.extend(reconcile::diff_elements(&before, &after));
-            keep.add(&service, &after, service.persistence.is_some());
+            keep.add_if_withdrawn(&service, &before, &after);
         }
         let result = if deltas.is_empty() {
             Ok(None)
@@ -563,6 +585,11 @@ impl Daemon {
                 }
                 if !keep.is_empty() {
                     self.sweep_sticky(keep, "after the commit");
+                    self.resweeps.push((
+                        tokio::time::Instant::now() + std::time::Duration::from_secs(1),
+                        keep.clone(),
+                        3,
+                    ));
                 }
                 Ok(stats)
             }
@@ -725,7 +752,10 @@ pub fn run(config_path: &Path) -> Result<(), DaemonError> {
         balance_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
-                _ = save_tick.tick() => daemon.save_states(),
+                _ = save_tick.tick() => {
+                    daemon.save_states();
+                    daemon.resweep_sticky();
+                }
                 _ = balance_tick.tick() => daemon.rebalance(),
                 Some(first) = rx.recv() => {
                     // Decisions that arrived together share one batch.

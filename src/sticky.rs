@@ -75,6 +75,24 @@ impl Keep {
         self.per_vip.insert(vip, Some(backends));
     }
 
+    /// Adds `service` for a change from `before` to `after` (its own elements) only if the
+    /// change took new connections away from one of its backends: a restore or a re-weighting
+    /// that keeps every backend in the table leaves every entry valid, and costs no read.
+    pub fn add_if_withdrawn(&mut self, service: &Service, before: &Elements, after: &Elements) {
+        if service.persistence.is_none() {
+            return;
+        }
+        let family = Family::of(&service.vip.addr);
+        let backends = |e: &Elements| -> BTreeSet<Vec<Value>> {
+            e.get(&layout::slots_map_name(family))
+                .map(|slots| slots.values().map(|entry| entry.data.clone()).collect())
+                .unwrap_or_default()
+        };
+        if !backends(before).is_subset(&backends(after)) {
+            self.add(service, after, true);
+        }
+    }
+
     /// Of `entries` (key: client . VIP . protocol . port; data: backend address . port), the
     /// keys to delete.
     pub fn stale(&self, entries: &[KernelEntry]) -> Vec<Vec<Value>> {
@@ -149,6 +167,23 @@ mod tests {
             entry("198.51.100.2", "203.0.113.2", "192.0.2.2"),
         ];
         assert_eq!(keep.stale(&entries), vec![entries[1].0.clone()]);
+    }
+
+    #[test]
+    fn a_restore_needs_no_look() {
+        let m = model("persistence = \"5m\"");
+        let a = &m.services[0];
+        let down =
+            |_: &Service, b: &crate::model::Backend| b.address.to_string() != "192.0.2.2:8080";
+        let (up, without) = (
+            service_elements(a, 0, |_, _| true),
+            service_elements(a, 0, down),
+        );
+        let mut keep = Keep::services();
+        keep.add_if_withdrawn(a, &without, &up);
+        assert!(keep.is_empty(), "a restore read the sticky map");
+        keep.add_if_withdrawn(a, &up, &without);
+        assert!(!keep.is_empty(), "a withdrawal did not");
     }
 
     #[test]
