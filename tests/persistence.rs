@@ -11,11 +11,11 @@ mod gateway;
 mod lab;
 
 use std::collections::{BTreeMap, HashMap};
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::IpAddr;
 use std::path::Path;
 use std::time::Duration;
 
-use gateway::{Gateway, T};
+use gateway::Gateway;
 
 const VIP: &str = "203.0.113.10:80";
 
@@ -57,41 +57,10 @@ address = "192.0.2.13:8080"
     }
 }
 
-/// Client source addresses 198.51.100.100 and up, added to the client namespace.
-fn clients(g: &Gateway, n: u8) -> Vec<IpAddr> {
-    (0..n)
-        .map(|i| {
-            let ip = Ipv4Addr::new(198, 51, 100, 100 + i);
-            g.lab.add_client_address(&format!("{ip}/24"));
-            IpAddr::V4(ip)
-        })
-        .collect()
-}
-
 /// Which backend each client reaches over `tries` new connections; panics if a client's
 /// connections disagree (it did not stick).
 fn mapping(g: &Gateway, clients: &[IpAddr], tries: usize) -> BTreeMap<IpAddr, String> {
-    let vip: SocketAddr = VIP.parse().unwrap();
-    clients
-        .iter()
-        .map(|&src| {
-            let ids: Vec<String> = (0..tries)
-                .map(|_| {
-                    let line = g
-                        .lab
-                        .tcp_request_from(src, vip, T)
-                        .unwrap_or_else(|e| panic!("TCP from {src}: {e}"));
-                    lab::parse_reply(&line).unwrap().0
-                })
-                .collect();
-            assert!(
-                ids.iter().all(|id| *id == ids[0]),
-                "client {src} did not stick: {ids:?}\n{}",
-                sticky(g)
-            );
-            (src, ids[0].clone())
-        })
-        .collect()
+    g.backend_per_client(VIP, clients, tries, || sticky(g))
 }
 
 /// `nft list map inet natlb sticky4`.
@@ -123,7 +92,7 @@ fn backend_index(id: &str) -> usize {
 #[test]
 fn a_client_sticks_and_a_withdrawn_backends_clients_are_forgotten_in_the_same_batch() {
     let mut g = Gateway::new(config("5m", ""));
-    let clients = clients(&g, 12);
+    let clients = g.clients(12);
     let before = mapping(&g, &clients, 6);
     let per_backend = entries_per_backend(&g);
     assert_eq!(
@@ -178,7 +147,7 @@ fn a_client_sticks_and_a_withdrawn_backends_clients_are_forgotten_in_the_same_ba
 #[test]
 fn persistence_survives_a_restart_and_an_unchanged_reload_and_expires() {
     let mut g = Gateway::new(config("10s", "first"));
-    let clients = clients(&g, 12);
+    let clients = g.clients(12);
     let before = mapping(&g, &clients, 3);
 
     // natlb dies and comes back: the entries live in the kernel's table, which natlb adopts.
@@ -214,7 +183,7 @@ fn persistence_survives_a_restart_and_an_unchanged_reload_and_expires() {
 #[test]
 fn a_reload_that_removes_persistence_forgets_the_clients() {
     let g = Gateway::new(config("1h", ""));
-    let clients = clients(&g, 4);
+    let clients = g.clients(4);
     mapping(&g, &clients, 2);
     assert_eq!(entries_per_backend(&g).values().sum::<usize>(), 4);
     let text = config("1h", "")(g.lab.dir()).replace("persistence = \"1h\"\n", "");

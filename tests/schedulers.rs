@@ -7,8 +7,8 @@
 mod gateway;
 mod lab;
 
-use std::collections::{BTreeMap, HashMap};
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 use std::time::Duration;
 
@@ -124,45 +124,15 @@ fn weighted_round_robin_follows_the_weights_exactly() {
     assert_eq!(c.get("be2"), Some(&4), "{c:?}");
 }
 
-/// Client source addresses 198.51.100.100 and up, added to the client namespace.
-fn clients(g: &Gateway, n: u8) -> Vec<IpAddr> {
-    (0..n)
-        .map(|i| {
-            let ip = Ipv4Addr::new(198, 51, 100, 100 + i);
-            g.lab.add_client_address(&format!("{ip}/24"));
-            IpAddr::V4(ip)
-        })
-        .collect()
-}
-
 /// Which backend each client reaches; panics if one client's `tries` connections disagree.
-fn mapping(g: &Gateway, clients: &[IpAddr], tries: usize) -> HashMap<IpAddr, String> {
-    let vip: SocketAddr = VIP.parse().unwrap();
-    clients
-        .iter()
-        .map(|&src| {
-            let ids: Vec<String> = (0..tries)
-                .map(|_| {
-                    let line = g
-                        .lab
-                        .tcp_request_from(src, vip, T)
-                        .unwrap_or_else(|e| panic!("TCP from {src}: {e}"));
-                    lab::parse_reply(&line).unwrap().0
-                })
-                .collect();
-            assert!(
-                ids.iter().all(|id| *id == ids[0]),
-                "client {src} reached {ids:?}"
-            );
-            (src, ids[0].clone())
-        })
-        .collect()
+fn mapping(g: &Gateway, clients: &[IpAddr], tries: usize) -> BTreeMap<IpAddr, String> {
+    g.backend_per_client(VIP, clients, tries, String::new)
 }
 
 #[test]
 fn source_hash_keeps_clients_and_moves_only_the_withdrawn_backends_clients() {
     let mut g = Gateway::new(config("source-hash", "", [1, 1, 1]));
-    let clients = clients(&g, 30);
+    let clients = g.clients(30);
     let before = mapping(&g, &clients, 3);
     let per_backend = counts(&before.values().cloned().collect::<Vec<_>>());
     // 30 clients over 3 equal backends: a backend with none would mean a broken table (the
@@ -223,7 +193,7 @@ fn gateways_with_the_same_seed_send_a_client_to_the_same_backend() {
     let a = Gateway::new(seeded_config("source-hash", "", [1, 2, 1], 7));
     let b = Gateway::new(seeded_config("source-hash", "", [1, 2, 1], 7));
     let c = Gateway::new(seeded_config("source-hash", "", [1, 2, 1], 8));
-    let (ca, cb, cc) = (clients(&a, 30), clients(&b, 30), clients(&c, 30));
+    let (ca, cb, cc) = (a.clients(30), b.clients(30), c.clients(30));
     assert_eq!(ca, cb);
     let (ma, mb, mc) = (
         mapping(&a, &ca, 1),

@@ -254,32 +254,20 @@ impl SetMsg {
         )
     }
 
-    /// Element lists to delete the elements with these keys from `set` if they still exist.
-    pub fn destroy_elements<'a>(
-        table: &str,
-        set: &str,
-        keys: impl IntoIterator<Item = &'a Vec<Value>>,
-    ) -> Vec<(SetMsg, usize)> {
-        Self::element_chunks(
-            table,
-            set,
-            SetMsgKind::DestroyElements,
-            keys.into_iter().map(|k| (k, None)),
-        )
-    }
-
-    /// Element lists to delete the elements with these keys from `set`.
+    /// Element lists to delete the elements with these keys from `set`: an error for a missing
+    /// one, or, with `if_present` (`DESTROYSETELEM`), none.
     pub fn del_elements<'a>(
         table: &str,
         set: &str,
         keys: impl IntoIterator<Item = &'a Vec<Value>>,
+        if_present: bool,
     ) -> Vec<(SetMsg, usize)> {
-        Self::element_chunks(
-            table,
-            set,
-            SetMsgKind::DelElements,
-            keys.into_iter().map(|k| (k, None)),
-        )
+        let kind = if if_present {
+            SetMsgKind::DestroyElements
+        } else {
+            SetMsgKind::DelElements
+        };
+        Self::element_chunks(table, set, kind, keys.into_iter().map(|k| (k, None)))
     }
 
     fn element_chunks<'a>(

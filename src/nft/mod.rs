@@ -116,7 +116,7 @@ impl Nft {
                 }
                 Change::CreateTable(rs) => create_table(&mut b, rs),
                 Change::Forget { table, set, keys } => {
-                    for (msg, n) in SetMsg::destroy_elements(table, set, keys) {
+                    for (msg, n) in SetMsg::del_elements(table, set, keys, true) {
                         b.push(
                             &msg,
                             MsgType::Del,
@@ -126,7 +126,7 @@ impl Nft {
                 }
                 Change::Elements { table, deltas } => {
                     for d in deltas {
-                        for (msg, n) in SetMsg::del_elements(table, &d.set, &d.remove) {
+                        for (msg, n) in SetMsg::del_elements(table, &d.set, &d.remove, false) {
                             b.push(
                                 &msg,
                                 MsgType::Del,

@@ -720,22 +720,29 @@ fn dnat_rule(f: Family, p: Pick, slots: u32, seed: u32) -> RuleSpec {
             });
         }
     }
-    e.push(Expr::Lookup {
-        sreg: REG1,
-        set: slots_map_name(f),
-        dreg: Some(REG1),
-        invert: false,
-    });
-    e.push(Expr::Nat {
-        kind: NatKind::Dnat,
-        family: f,
-        addr_reg: REG1,
-        proto_reg: Some(reg_at_word(REG1_WORD + f.addr_len() / 4)),
-    });
+    e.extend(dnat_to_map(f, slots_map_name(f)));
     RuleSpec {
         exprs: e,
         comment: String::new(),
     }
+}
+
+/// `dnat ip to <key from NFT_REG_1> map @SET`: the map's value is backend address . port.
+fn dnat_to_map(f: Family, set: String) -> [Expr; 2] {
+    [
+        Expr::Lookup {
+            sreg: REG1,
+            set,
+            dreg: Some(REG1),
+            invert: false,
+        },
+        Expr::Nat {
+            kind: NatKind::Dnat,
+            family: f,
+            addr_reg: REG1,
+            proto_reg: Some(reg_at_word(REG1_WORD + f.addr_len() / 4)),
+        },
+    ]
 }
 
 /// `meta l4proto P ct status dnat ct original ip daddr . meta l4proto . ct original proto-dst
@@ -862,18 +869,7 @@ fn sticky_dnat_rule(f: Family) -> RuleSpec {
     let mut e = meta_is(libc::NFT_META_NFPROTO, f.nfproto()).to_vec();
     e.push(saddr(f, REG1_WORD));
     load_vip_key_at(f, false, REG1_WORD + f.addr_len() / 4, &mut e);
-    e.push(Expr::Lookup {
-        sreg: REG1,
-        set: sticky_map_name(f),
-        dreg: Some(REG1),
-        invert: false,
-    });
-    e.push(Expr::Nat {
-        kind: NatKind::Dnat,
-        family: f,
-        addr_reg: REG1,
-        proto_reg: Some(reg_at_word(REG1_WORD + f.addr_len() / 4)),
-    });
+    e.extend(dnat_to_map(f, sticky_map_name(f)));
     RuleSpec {
         exprs: e,
         comment: String::new(),

@@ -1,8 +1,8 @@
 //! A lab with natlb running in its gateway: shared by the end-to-end test files.
 #![allow(dead_code)]
 
-use std::collections::HashMap;
-use std::net::{IpAddr, SocketAddr};
+use std::collections::{BTreeMap, HashMap};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -115,6 +115,49 @@ impl Gateway {
             }
             counts
         })
+    }
+
+    /// `n` client source addresses, 198.51.100.100 and up, added to the client namespace.
+    pub fn clients(&self, n: u8) -> Vec<IpAddr> {
+        (0..n)
+            .map(|i| {
+                let ip = Ipv4Addr::new(198, 51, 100, 100 + i);
+                self.lab.add_client_address(&format!("{ip}/24"));
+                IpAddr::V4(ip)
+            })
+            .collect()
+    }
+
+    /// Which backend each client reaches at `vip`, over `tries` new connections each; panics
+    /// (with `context()` in the message) if one client's connections disagree.
+    pub fn backend_per_client(
+        &self,
+        vip: &str,
+        clients: &[IpAddr],
+        tries: usize,
+        context: impl Fn() -> String,
+    ) -> BTreeMap<IpAddr, String> {
+        let vip: SocketAddr = vip.parse().unwrap();
+        clients
+            .iter()
+            .map(|&src| {
+                let ids: Vec<String> = (0..tries)
+                    .map(|_| {
+                        let line = self
+                            .lab
+                            .tcp_request_from(src, vip, T)
+                            .unwrap_or_else(|e| panic!("TCP from {src}: {e}"));
+                        lab::parse_reply(&line).unwrap().0
+                    })
+                    .collect();
+                assert!(
+                    ids.iter().all(|id| *id == ids[0]),
+                    "client {src} reached {ids:?}\n{}",
+                    context()
+                );
+                (src, ids[0].clone())
+            })
+            .collect()
     }
 
     /// The source address the backend saw for one connection to `vip`.
