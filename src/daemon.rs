@@ -236,24 +236,9 @@ impl Daemon {
         };
         // The sticky entries live in the kernel and survive a restart; those the config (or the
         // backends' states) no longer allow go now.
-        let keep = daemon.keep_for_whole_config(&daemon.installed.clone(), true);
+        let keep = keep_for_whole_config(&daemon.model, &daemon.installed, true);
         daemon.sweep_sticky(&keep, "start-up");
         Ok(daemon)
-    }
-
-    /// What sticky entries may stay under the whole of `want` (start-up, reload). Empty, so no
-    /// read at all, when neither `want`'s config nor, with `had_any`, the previous one has a
-    /// service with persistence.
-    fn keep_for_whole_config(&self, want: &Ruleset, had_any: bool) -> Keep {
-        let any_now = self.model.services.iter().any(|s| s.persistence.is_some());
-        if !any_now && !had_any {
-            return Keep::services();
-        }
-        let mut keep = Keep::whole_config();
-        for s in &self.model.services {
-            keep.add(s, &want.elements, false);
-        }
-        keep
     }
 
     /// The sticky entries `keep` does not allow, as the kernel holds them now. No read when
@@ -262,19 +247,16 @@ impl Daemon {
         if keep.is_empty() {
             return vec![];
         }
-        let mut out = Vec::new();
-        for f in layout::PERSISTENCE_FAMILIES {
-            let Some(spec) = self.installed.set(&layout::sticky_map_name(f)).cloned() else {
-                continue;
-            };
-            match self.nft.dynamic_entries(&self.installed.table, &spec) {
-                Ok(entries) => out.extend(keep.stale(&entries)),
-                Err(e) => {
-                    warn!("cannot read the sticky entries ({e}); stale ones stay until they expire")
-                }
+        let Some(spec) = self.installed.set(&sticky_set()).cloned() else {
+            return vec![];
+        };
+        match self.nft.dynamic_entries(&self.installed.table, &spec) {
+            Ok(entries) => keep.stale(&entries),
+            Err(e) => {
+                warn!("cannot read the sticky entries ({e}); stale ones stay until they expire");
+                vec![]
             }
         }
-        out
     }
 
     /// Runs the sticky sweeps that are due (see `resweeps`).
@@ -294,16 +276,16 @@ impl Daemon {
     }
 
     /// Deletes the sticky entries `keep` does not allow, in a batch of their own. After a
-    /// commit that already deleted them, this catches the entries a client made in the moment
-    /// between natlb reading them and the commit, and later ones (`resweeps`) those a read
-    /// during a resize of the map missed.
+    /// commit that already deleted them (`resweeps`), this catches the entries a client made in
+    /// the moment between natlb reading them and the commit, and those a read during a resize
+    /// of the map missed.
     fn sweep_sticky(&mut self, keep: &Keep, when: &str) {
         let stale = self.stale_sticky(keep);
         if stale.is_empty() {
             return;
         }
         let table = self.installed.table.clone();
-        let set = layout::sticky_map_name(crate::render::ruleset::Family::V4);
+        let set = sticky_set();
         match self.nft.apply(&[Change::Forget {
             table: &table,
             set: &set,
@@ -561,7 +543,7 @@ impl Daemon {
     fn commit_deltas(&mut self, deltas: &[SetDelta], keep: &Keep) -> Result<CommitStats, NftError> {
         let table = self.installed.table.clone();
         let stale = self.stale_sticky(keep);
-        let sticky = layout::sticky_map_name(crate::render::ruleset::Family::V4);
+        let sticky = sticky_set();
         let mut changes = vec![Change::Elements {
             table: &table,
             deltas,
@@ -584,7 +566,8 @@ impl Daemon {
                     );
                 }
                 if !keep.is_empty() {
-                    self.sweep_sticky(keep, "after the commit");
+                    // Not at once: each look is a read of the whole map, and the daemon's loop
+                    // waits for it.
                     self.resweeps.push((
                         tokio::time::Instant::now() + std::time::Duration::from_secs(1),
                         keep.clone(),
@@ -628,13 +611,7 @@ impl Daemon {
         board.retain(&model);
         let want = render::render(&model, |s, b| board.is_up(s, b));
         let had_persistence = self.model.services.iter().any(|s| s.persistence.is_some());
-        let mut keep = Keep::services();
-        if had_persistence || model.services.iter().any(|s| s.persistence.is_some()) {
-            keep = Keep::whole_config();
-            for s in &model.services {
-                keep.add(s, &want.elements, false);
-            }
-        }
+        let keep = keep_for_whole_config(&model, &want, had_persistence);
         let stale = self.stale_sticky(&keep);
         match self.sync_for_reload(&want, &stale) {
             Ok(stats) => {
@@ -695,7 +672,7 @@ impl Daemon {
             "reload: the kernel's table is as natlb left it; diffing against natlb's record"
         );
         let mut changes = plan.changes(want, None);
-        let sticky = layout::sticky_map_name(crate::render::ruleset::Family::V4);
+        let sticky = sticky_set();
         if !stale.is_empty() {
             changes.push(Change::Forget {
                 table: &want.table,
@@ -728,6 +705,25 @@ impl Daemon {
         }
         Ok(())
     }
+}
+
+/// The sticky map: persistence is IPv4 only (`layout::PERSISTENCE_FAMILIES`).
+fn sticky_set() -> String {
+    layout::sticky_map_name(crate::render::ruleset::Family::V4)
+}
+
+/// What sticky entries may stay under the whole of `model` rendered as `want` (start-up,
+/// reload). Empty, so no read at all, when neither `model` nor, with `had_any`, the previous
+/// config has a service with persistence.
+fn keep_for_whole_config(model: &Model, want: &Ruleset, had_any: bool) -> Keep {
+    if !had_any && !model.services.iter().any(|s| s.persistence.is_some()) {
+        return Keep::services();
+    }
+    let mut keep = Keep::whole_config();
+    for s in &model.services {
+        keep.add(s, &want.elements, false);
+    }
+    keep
 }
 
 /// How often changed backend states are written to `state_dir`.
