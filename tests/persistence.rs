@@ -194,3 +194,43 @@ fn a_reload_that_removes_persistence_forgets_the_clients() {
         sticky(&g)
     );
 }
+
+#[test]
+fn a_stale_entry_never_sends_a_client_to_a_backend_that_takes_no_new_connections() {
+    let g = Gateway::new(config("5m", ""));
+    let clients = g.clients(2);
+    // An entry natlb did not delete (as if its read of the map had missed it): the client is
+    // remembered on 192.0.2.99, which is no backend of the service.
+    let key = format!("{} . 203.0.113.10 . tcp . 80", clients[0]);
+    g.lab.exec_ok(
+        g.lab.gateway_ns(),
+        &[
+            "nft",
+            "add",
+            "element",
+            "inet",
+            "natlb",
+            "sticky4",
+            &format!("{{ {key} timeout 5m : 192.0.2.99 . 8080 }}"),
+        ],
+    );
+    assert!(sticky(&g).contains(": 192.0.2.99 . 8080"), "{}", sticky(&g));
+
+    // The guard drops the first SYN and deletes the entry; the retransmission finds a slot
+    // (192.0.2.99 does not exist: a connection sent there would time out).
+    let reached = mapping(&g, &clients[..1], 3);
+    let listing = sticky(&g);
+    assert!(!listing.contains("192.0.2.99"), "{listing}");
+    let backend = format!(
+        ": 192.0.2.{} . 8080",
+        backend_index(&reached[&clients[0]]) + 11
+    );
+    let entry = listing
+        .split(['{', ','])
+        .find(|e| e.contains(&key))
+        .unwrap_or_else(|| panic!("the client is not remembered:\n{listing}"));
+    assert!(
+        entry.contains(&backend),
+        "the client is not remembered on the backend it reached ({backend}):\n{listing}"
+    );
+}

@@ -19,6 +19,9 @@ use crate::render::ruleset::{
 
 const NFPROTO_INET: u16 = libc::NFPROTO_INET as u16;
 
+/// `NFT_DYNSET_OP_DELETE` of `enum nft_dynset_ops`, which `libc` lacks.
+const NFT_DYNSET_OP_DELETE: u32 = 2;
+
 /// Room for one element list in a NEWSETELEM message: the list is one netlink attribute, and an
 /// attribute's length is 16 bits.
 const ELEMENT_LIST_BUDGET: usize = 60_000;
@@ -592,13 +595,15 @@ fn build_expr(e: &Expr, set_id: &impl Fn(&str) -> u32) -> NonNull<sys::nftnl_exp
                 set_u32(
                     x.as_ptr(),
                     sys::NFTNL_EXPR_DYNSET_OP as u16,
-                    libc::NFT_DYNSET_OP_UPDATE as u32,
+                    if timeout_ms.is_some() {
+                        libc::NFT_DYNSET_OP_UPDATE as u32
+                    } else {
+                        NFT_DYNSET_OP_DELETE
+                    },
                 );
-                sys::nftnl_expr_set_u64(
-                    x.as_ptr(),
-                    sys::NFTNL_EXPR_DYNSET_TIMEOUT as u16,
-                    *timeout_ms,
-                );
+                if let Some(ms) = timeout_ms {
+                    sys::nftnl_expr_set_u64(x.as_ptr(), sys::NFTNL_EXPR_DYNSET_TIMEOUT as u16, *ms);
+                }
                 sys::nftnl_expr_set_str(
                     x.as_ptr(),
                     sys::NFTNL_EXPR_DYNSET_SET_NAME as u16,

@@ -52,6 +52,21 @@ pub fn persist_set_name(f: Family, label: &str) -> String {
     format!("persist{}_{label}", f.digit())
 }
 
+/// Every service with persistence . each backend that holds its slots: where a remembered
+/// client may still be sent. The remember chain checks each new connection against it, so a
+/// sticky entry natlb has not deleted yet (it reads the map to find them, which takes time at
+/// scale) never keeps a client on a withdrawn backend.
+pub fn eligible_set_name(f: Family) -> String {
+    format!("eligible{}", f.digit())
+}
+
+/// The key of the eligible set: the service's key, then the backend's address . port.
+pub fn eligible_key(f: Family) -> Vec<Field> {
+    let mut key = vip_key(f);
+    key.extend(endpoint_data(f));
+    key
+}
+
 /// The regular chain that remembers a new connection's backend.
 pub fn remember_chain_name(f: Family) -> String {
     format!("remember{}", f.digit())
@@ -360,6 +375,17 @@ pub fn sets() -> Vec<SetSpec> {
             });
         }
         out.push(SetSpec {
+            name: eligible_set_name(f),
+            key: eligible_key(f),
+            data: vec![],
+            counter: false,
+            dynamic: None,
+            comment: format!(
+                "{} services with persistence . backends that take their new connections",
+                family_name(f)
+            ),
+        });
+        out.push(SetSpec {
             name: sticky_map_name(f),
             key: sticky_key(f),
             data: endpoint_data(f),
@@ -384,14 +410,16 @@ pub fn chains(seed: u32) -> Vec<ChainSpec> {
         out.push(ChainSpec {
             name: remember_chain_name(f),
             base: None,
-            // As the template expands them: every duration for TCP, then for UDP.
+            // As the template expands them: the guards, then every duration for TCP, then for
+            // UDP.
             rules: [Protocol::Tcp, Protocol::Udp]
-                .iter()
-                .flat_map(|&p| {
+                .map(|p| not_eligible_rule(f, p))
+                .into_iter()
+                .chain([Protocol::Tcp, Protocol::Udp].iter().flat_map(|&p| {
                     PERSISTENCE
                         .iter()
                         .map(move |&(label, secs)| remember_rule(f, p, label, secs))
-                })
+                }))
                 .collect(),
         });
     }
@@ -839,28 +867,69 @@ fn remember_rule(f: Family, p: Protocol, label: &str, secs: u64) -> RuleSpec {
     e.extend(meta_is(libc::NFT_META_NFPROTO, f.nfproto()));
     e.push(saddr(f, REG1_WORD));
     let data_word = load_vip_key_at(f, true, REG1_WORD + f.addr_len() / 4, &mut e);
-    e.push(Expr::Payload {
-        base: libc::NFT_PAYLOAD_NETWORK_HEADER as u32,
-        offset: daddr_offset(f),
-        len: f.addr_len(),
-        dreg: reg_at_word(data_word),
-    });
-    e.push(Expr::Payload {
-        base: libc::NFT_PAYLOAD_TRANSPORT_HEADER as u32,
-        offset: 2,
-        len: 2,
-        dreg: reg_at_word(data_word + f.addr_len() / 4),
-    });
+    e.extend(backend_at(f, data_word));
     e.push(Expr::Dynset {
         key_reg: REG1,
         data_reg: reg_at_word(data_word),
         set: sticky_map_name(f),
-        timeout_ms: secs * 1000,
+        timeout_ms: Some(secs * 1000),
     });
     RuleSpec {
         exprs: e,
         comment: String::new(),
     }
+}
+
+/// `meta l4proto P ct original ip daddr . meta l4proto . ct original proto-dst . ip daddr . th
+/// dport != @eligible4 delete @sticky4 { ip saddr . ct original ip daddr . meta l4proto . ct
+/// original proto-dst : ip daddr . th dport } drop`: a new connection sent to a backend that no
+/// longer takes new connections of its service came from a sticky entry natlb has not deleted
+/// yet. The entry goes now, and so does the first packet: its connection was never confirmed,
+/// so the client's retransmission (a TCP SYN after a second) is a new connection, and finds
+/// a slot.
+fn not_eligible_rule(f: Family, p: Protocol) -> RuleSpec {
+    let mut e = meta_is(libc::NFT_META_L4PROTO, p.number()).to_vec();
+    e.extend(meta_is(libc::NFT_META_NFPROTO, f.nfproto()));
+    let backend_word = load_vip_key(f, true, &mut e);
+    e.extend(backend_at(f, backend_word));
+    e.push(Expr::Lookup {
+        sreg: REG1,
+        set: eligible_set_name(f),
+        dreg: None,
+        invert: true,
+    });
+    e.push(saddr(f, REG1_WORD));
+    let data_word = load_vip_key_at(f, true, REG1_WORD + f.addr_len() / 4, &mut e);
+    e.extend(backend_at(f, data_word));
+    e.push(Expr::Dynset {
+        key_reg: REG1,
+        data_reg: reg_at_word(data_word),
+        set: sticky_map_name(f),
+        timeout_ms: None,
+    });
+    e.push(Expr::Drop);
+    RuleSpec {
+        exprs: e,
+        comment: String::new(),
+    }
+}
+
+/// `ip daddr . th dport` (after DNAT: the backend) into the registers from `word`.
+fn backend_at(f: Family, word: u32) -> [Expr; 2] {
+    [
+        Expr::Payload {
+            base: libc::NFT_PAYLOAD_NETWORK_HEADER as u32,
+            offset: daddr_offset(f),
+            len: f.addr_len(),
+            dreg: reg_at_word(word),
+        },
+        Expr::Payload {
+            base: libc::NFT_PAYLOAD_TRANSPORT_HEADER as u32,
+            offset: 2,
+            len: 2,
+            dreg: reg_at_word(word + f.addr_len() / 4),
+        },
+    ]
 }
 
 /// `dnat ip to ip saddr . ip daddr . meta l4proto . th dport map @sticky4`: a miss falls

@@ -197,6 +197,25 @@ fn add_service_elements(
             vec![],
             service.name.clone(),
         );
+        if service.persistence.is_some() {
+            let mut held = slots.clone();
+            held.sort_unstable();
+            held.dedup();
+            for pos in held {
+                let backend = &service.backends[pos];
+                let mut key = vip_key.clone();
+                key.extend([
+                    Value::Addr(backend.address.ip()),
+                    Value::Port(backend.address.port()),
+                ]);
+                put(
+                    layout::eligible_set_name(family),
+                    key,
+                    vec![],
+                    format!("{} {}", service.name, backend.address),
+                );
+            }
+        }
         for (slot, &pos) in slots.iter().enumerate() {
             let backend = &service.backends[pos];
             let mut key = vip_key.clone();

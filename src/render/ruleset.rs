@@ -282,12 +282,14 @@ pub enum Expr {
     /// The `drop` verdict.
     Drop,
     /// `update @set { <key from key_reg> timeout T : <data from data_reg> }`: adds the element,
-    /// or restarts its timeout if it exists (its data stays).
+    /// or restarts its timeout if it exists (its data stays). With `timeout_ms: None`,
+    /// `delete @set { <key> : <data> }`: removes the element with that key, if there is one (the
+    /// kernel wants a data register for a map, and ignores it).
     Dynset {
         key_reg: u32,
         data_reg: u32,
         set: String,
-        timeout_ms: u64,
+        timeout_ms: Option<u64>,
     },
 }
 
