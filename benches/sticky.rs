@@ -5,7 +5,7 @@
 //! with `persistence`, and the sticky map filled with N client entries spread evenly over the
 //! services and their backends (as the remember chain would have made them). Then, for R rounds,
 //! one backend of a random service is withdrawn the way the daemon does it: read the sticky
-//! entries, pick the withdrawn backend's (`sticky::Keep`), commit the slot deltas and their
+//! entries, pick the withdrawn backend's (`sticky::stale`), commit the slot deltas and their
 //! deletion in one batch; then it is restored (its entries put back for the next round).
 //!
 //! The reference, in the same process: the same withdrawals with an empty sticky map.
@@ -24,7 +24,8 @@ use natlb::nft::{Change, Nft, SetDelta};
 use natlb::reconcile;
 use natlb::render::ruleset::{Entry, Value};
 use natlb::render::{layout, render, service_elements};
-use natlb::sticky::Keep;
+use natlb::sticky::{self, Eligible};
+use natlb::sticky_reader::Reader;
 
 const SERVICES: usize = 1000;
 const BACKENDS: usize = 10;
@@ -114,7 +115,16 @@ struct Row {
     forgot: usize,
     /// Reads that returned fewer entries than the map held.
     incomplete: usize,
+    /// As the daemon does it (`sticky_read_wait`, 5 ms): from the decision to the withdrawal's
+    /// commit, whether the entries made it into that batch, and from the decision until they
+    /// were deleted.
+    daemon_commit: Vec<Duration>,
+    daemon_in_time: usize,
+    daemon_gone: Vec<Duration>,
 }
+
+/// The daemon's default `sticky_read_wait`.
+const READ_WAIT: Duration = Duration::from_millis(5);
 
 fn median(v: &[Duration]) -> f64 {
     let mut v = v.to_vec();
@@ -171,7 +181,12 @@ fn run(entries: usize, rounds: usize, rng: &mut Rng) -> Result<Row, String> {
             total: vec![],
             forgot: 0,
             incomplete: 0,
+            daemon_commit: vec![],
+            daemon_in_time: 0,
+            daemon_gone: vec![],
         };
+        let (wake, _woken) = tokio::sync::mpsc::unbounded_channel();
+        let mut reader = Reader::start(wake).map_err(|e| e.to_string())?;
         for _ in 0..rounds {
             let i = rng.below(SERVICES);
             let k = rng.below(BACKENDS);
@@ -181,13 +196,12 @@ fn run(entries: usize, rounds: usize, rng: &mut Rng) -> Result<Row, String> {
             let started = Instant::now();
             let after = service_elements(svc, 0, down);
             let deltas = reconcile::diff_elements(&service_elements(svc, 0, |_, _| true), &after);
-            let mut keep = Keep::services();
-            keep.add(svc, &after, true);
+            assert!(sticky::takes_away(&deltas));
             let read_at = Instant::now();
             let kernel_entries = nft
                 .dynamic_entries(&all_up.table, &spec)
                 .map_err(|e| format!("read: {e}"))?;
-            let stale = keep.stale(&kernel_entries);
+            let stale = sticky::stale(&kernel_entries, &Eligible::after(&all_up, &deltas));
             if kernel_entries.len() != per_service * SERVICES {
                 row.incomplete += 1;
             }
@@ -209,6 +223,79 @@ fn run(entries: usize, rounds: usize, rng: &mut Rng) -> Result<Row, String> {
             row.total.push(started.elapsed());
             row.forgot += stale.len();
             // Restore, with the forgotten clients back, for the next round.
+            let back: Vec<SetDelta> =
+                reconcile::diff_elements(&after, &service_elements(svc, 0, |_, _| true));
+            let put_back = [SetDelta {
+                set: sticky.clone(),
+                remove: vec![],
+                add: (0..per_service)
+                    .filter(|c| c % BACKENDS == k)
+                    .map(|c| entry(i, c))
+                    .collect(),
+            }];
+            nft.apply(&[
+                Change::Elements {
+                    table: &all_up.table,
+                    deltas: &back,
+                },
+                Change::Elements {
+                    table: &all_up.table,
+                    deltas: &put_back,
+                },
+            ])
+            .map_err(|e| format!("restore: {e}"))?;
+        }
+        // The same withdrawals the way the daemon makes them: the read on the reader thread,
+        // waited for up to READ_WAIT; past it, the withdrawal is committed and the entries
+        // deleted in a batch of their own when the read ends.
+        for _ in 0..rounds {
+            let i = rng.below(SERVICES);
+            let k = rng.below(BACKENDS);
+            let svc = &m.services[i];
+            let gone = svc.backends[k].address;
+            let down = |_: &Service, b: &Backend| b.address != gone;
+            let started = Instant::now();
+            let after = service_elements(svc, 0, down);
+            let deltas = reconcile::diff_elements(&service_elements(svc, 0, |_, _| true), &after);
+            let eligible = Eligible::after(&all_up, &deltas);
+            let seq = reader.ask(&all_up.table, &spec);
+            let answers = reader.answers(Some((seq, READ_WAIT)));
+            let answer = answers.into_iter().find(|a| a.seq >= seq);
+            let stale = match &answer {
+                Some(a) => sticky::stale(a.entries.as_ref().map_err(|e| e.clone())?, &eligible),
+                None => vec![],
+            };
+            let mut changes = vec![Change::Elements {
+                table: &all_up.table,
+                deltas: &deltas,
+            }];
+            if !stale.is_empty() {
+                changes.push(Change::Forget {
+                    table: &all_up.table,
+                    set: &sticky,
+                    keys: &stale,
+                });
+            }
+            nft.apply(&changes).map_err(|e| format!("withdraw: {e}"))?;
+            row.daemon_commit.push(started.elapsed());
+            if answer.is_some() {
+                row.daemon_in_time += 1;
+            } else {
+                let late = loop {
+                    let got = reader.answers(Some((seq, Duration::from_secs(60))));
+                    if let Some(a) = got.into_iter().find(|a| a.seq >= seq) {
+                        break a;
+                    }
+                };
+                let stale = sticky::stale(late.entries.as_ref().map_err(|e| e.clone())?, &eligible);
+                nft.apply(&[Change::Forget {
+                    table: &all_up.table,
+                    set: &sticky,
+                    keys: &stale,
+                }])
+                .map_err(|e| format!("forget: {e}"))?;
+            }
+            row.daemon_gone.push(started.elapsed());
             let back: Vec<SetDelta> =
                 reconcile::diff_elements(&after, &service_elements(svc, 0, |_, _| true));
             let put_back = [SetDelta {
@@ -292,6 +379,25 @@ fn main() -> ExitCode {
             median(&r.total) / base,
             r.forgot / rounds.max(1),
             r.incomplete,
+        );
+    }
+    println!(
+        "\nThe same withdrawals as the daemon makes them: the read on its own thread, waited for up to sticky_read_wait ({} ms); past it, the withdrawal is committed and the entries are deleted in a batch of their own when the read ends.\n",
+        READ_WAIT.as_millis()
+    );
+    println!(
+        "| sticky entries | decision → withdrawal committed, median | p99 | entries in the withdrawal's batch | decision → entries deleted, median | p99 |"
+    );
+    println!("|---:|---:|---:|---:|---:|---:|");
+    for r in &rows {
+        println!(
+            "| {} | {:.2} ms | {:.2} ms | {} of {rounds} | {:.2} ms | {:.2} ms |",
+            r.entries,
+            median(&r.daemon_commit),
+            p99(&r.daemon_commit),
+            r.daemon_in_time,
+            median(&r.daemon_gone),
+            p99(&r.daemon_gone),
         );
     }
     ExitCode::SUCCESS

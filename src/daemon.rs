@@ -12,7 +12,7 @@
 //!   applied as element deltas in one batch, and probes of unchanged backends keep their state.
 //! - SIGTERM/SIGINT: exit, leaving the rules in place unless `keep_rules_on_exit = false`.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 
 use tokio::signal::unix::{SignalKind, signal};
@@ -26,7 +26,8 @@ use crate::model::{Model, OnBackendDown, Scheduler, Service};
 use crate::nft::{Change, CommitStats, Nft, NftError, SetDelta};
 use crate::reconcile::{self, Plan};
 use crate::render::{self, layout, ruleset::Ruleset, ruleset::Value};
-use crate::sticky::Keep;
+use crate::sticky::{self, Eligible};
+use crate::sticky_reader::{Answer, Reader};
 
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
@@ -38,6 +39,8 @@ pub enum DaemonError {
     Signals(std::io::Error),
     #[error("cannot start the probe thread: {0}")]
     ProbeThread(std::io::Error),
+    #[error("cannot start the thread that reads the sticky map: {0}")]
+    StickyThread(std::io::Error),
     #[error("{0}")]
     Refused(String),
 }
@@ -63,10 +66,21 @@ struct Daemon {
     effective: HashMap<String, Vec<u32>>,
     /// The connection counts of each `least-conn` service's last re-weighting.
     counted: HashMap<String, Vec<u64>>,
-    /// Sticky sweeps still to come after a change (when, what may stay, sweeps left): a read
-    /// of the sticky map while the kernel resizes it can miss entries, so the entries of a
-    /// withdrawn backend are looked for again about 1, 3 and 7 seconds later.
-    resweeps: Vec<(tokio::time::Instant, Keep, u32)>,
+    /// Reads of the sticky map, on a thread of their own.
+    sticky: Reader,
+    /// When to read the sticky map again after a withdrawal: a read while the kernel resizes
+    /// the map can miss entries, so they are looked for again about 1, 3 and 7 seconds later.
+    resweeps: Vec<tokio::time::Instant>,
+}
+
+/// The sticky-map read a change asked for.
+enum StickyRead {
+    /// The change takes no backend away from a service with persistence.
+    NotNeeded,
+    /// The read answered within `sticky_read_wait`: these entries go in the change's batch.
+    InTime(Vec<Vec<Value>>),
+    /// It did not: the change goes without them; they go when the read ends.
+    Late,
 }
 
 fn warn_unsupported(model: &Model) {
@@ -170,6 +184,7 @@ impl Daemon {
     fn start(
         config_path: &Path,
         reports: mpsc::UnboundedSender<Report>,
+        sticky_answered: mpsc::UnboundedSender<()>,
     ) -> Result<Daemon, DaemonError> {
         let model = config::load(config_path)?;
         warn_unsupported(&model);
@@ -232,58 +247,86 @@ impl Daemon {
             states_dirty: false,
             effective: HashMap::new(),
             counted: HashMap::new(),
+            sticky: Reader::start(sticky_answered).map_err(DaemonError::StickyThread)?,
             resweeps: Vec::new(),
         };
         // The sticky entries live in the kernel and survive a restart; those the config (or the
-        // backends' states) no longer allow go now.
-        let keep = keep_for_whole_config(&daemon.model, &daemon.installed, true);
-        daemon.sweep_sticky(&keep, "start-up");
+        // backends' states) no longer allow go when the read ends.
+        daemon.ask_sticky();
         Ok(daemon)
     }
 
-    /// The sticky entries `keep` does not allow, as the kernel holds them now. No read when
-    /// `keep` involves no service with persistence.
-    fn stale_sticky(&mut self, keep: &Keep) -> Vec<Vec<Value>> {
-        if keep.is_empty() {
-            return vec![];
+    /// Asks for a read of the sticky map, if the table has one; the answer arrives in the
+    /// daemon's loop (`on_sticky_answers`) unless a change waits for it.
+    fn ask_sticky(&mut self) -> Option<u64> {
+        ask_sticky(&mut self.sticky, &self.installed)
+    }
+
+    /// For a change that takes eligible pairs away and leaves `eligible`: reads the sticky
+    /// map, waiting up to `wait`, and says which entries go.
+    fn read_for_change(
+        sticky: &mut Reader,
+        installed: &Ruleset,
+        wait: std::time::Duration,
+        eligible: &Eligible<'_>,
+    ) -> StickyRead {
+        if installed.set(&sticky_set()).is_none() {
+            return StickyRead::NotNeeded;
         }
-        let Some(spec) = self.installed.set(&sticky_set()).cloned() else {
-            return vec![];
+        if wait.is_zero() {
+            // Not even a glance: the read is asked for after the commit.
+            return StickyRead::Late;
+        }
+        let Some(seq) = ask_sticky(sticky, installed) else {
+            return StickyRead::NotNeeded;
         };
-        match self.nft.dynamic_entries(&self.installed.table, &spec) {
-            Ok(entries) => keep.stale(&entries),
-            Err(e) => {
-                warn!("cannot read the sticky entries ({e}); stale ones stay until they expire");
-                vec![]
-            }
+        let answers = sticky.answers(Some((seq, wait)));
+        let in_time = answers.iter().any(|a| a.seq >= seq);
+        let stale = stale_in(&answers, eligible);
+        if in_time {
+            StickyRead::InTime(stale)
+        } else {
+            StickyRead::Late
         }
     }
 
-    /// Runs the sticky sweeps that are due (see `resweeps`).
+    /// After a change that took backends away: reads again now (an entry a client made while
+    /// natlb read is not in that read) and a few times later (see `resweeps`).
+    fn read_again_after(&mut self, read: &StickyRead) {
+        if matches!(read, StickyRead::NotNeeded) {
+            return;
+        }
+        self.ask_sticky();
+        let now = tokio::time::Instant::now();
+        self.resweeps
+            .extend([1, 3, 7].map(|s| now + std::time::Duration::from_secs(s)));
+    }
+
+    /// Asks for the re-reads that are due.
     fn resweep_sticky(&mut self) {
         let now = tokio::time::Instant::now();
-        let (due, later): (Vec<_>, Vec<_>) = std::mem::take(&mut self.resweeps)
-            .into_iter()
-            .partition(|(at, _, _)| *at <= now);
-        self.resweeps = later;
-        for (_, keep, left) in due {
-            self.sweep_sticky(&keep, "a later look");
-            if left > 1 {
-                let wait = std::time::Duration::from_secs(1 << (4 - left.min(3)));
-                self.resweeps.push((now + wait, keep, left - 1));
-            }
+        let before = self.resweeps.len();
+        self.resweeps.retain(|at| *at > now);
+        if self.resweeps.len() < before {
+            self.ask_sticky();
         }
     }
 
-    /// Deletes the sticky entries `keep` does not allow, in a batch of their own. After a
-    /// commit that already deleted them (`resweeps`), this catches the entries a client made in
-    /// the moment between natlb reading them and the commit, and those a read during a resize
-    /// of the map missed.
-    fn sweep_sticky(&mut self, keep: &Keep, when: &str) {
-        let stale = self.stale_sticky(keep);
+    /// Reads no change waited for: deletes the entries that are stale under the installed
+    /// ruleset, in a batch of their own.
+    fn on_sticky_answers(&mut self) {
+        let answers = self.sticky.answers(None);
+        if answers.is_empty() {
+            return;
+        }
+        let stale = stale_in(&answers, &Eligible::of(&self.installed));
         if stale.is_empty() {
             return;
         }
+        let read_ms = answers
+            .iter()
+            .map(|a| a.took.as_secs_f64() * 1e3)
+            .fold(0.0, f64::max);
         let table = self.installed.table.clone();
         let set = sticky_set();
         match self.nft.apply(&[Change::Forget {
@@ -295,13 +338,11 @@ impl Daemon {
                 self.installed_gen = Some(stats.generation);
                 info!(
                     entries = stale.len(),
-                    "{when}: forgot sticky entries of backends that no longer take new connections"
+                    read_ms,
+                    "forgot sticky entries of backends that no longer take new connections"
                 );
             }
-            Err(e) => warn!(
-                "{when}: cannot delete {} stale sticky entries: {e}",
-                stale.len()
-            ),
+            Err(e) => warn!("cannot delete {} stale sticky entries: {e}", stale.len()),
         }
     }
 
@@ -352,7 +393,6 @@ impl Daemon {
         let seed = self.model.daemon.hash_seed;
         let mut deltas = Vec::new();
         let mut changed = Vec::new();
-        let mut keep = Keep::services();
         for i in services {
             let service = &self.model.services[i];
             let vip = std::net::SocketAddr::new(service.vip.addr, service.vip.port);
@@ -381,7 +421,6 @@ impl Daemon {
                 board.is_up(s, b)
             });
             let d = reconcile::diff_elements(&before, &after);
-            keep.add_if_withdrawn(service, &before, &after);
             if d.is_empty() {
                 // Same shares (e.g. the first look at idle backends): nothing to commit.
                 self.counted.insert(service.name.clone(), conns);
@@ -397,7 +436,7 @@ impl Daemon {
         let result = if deltas.is_empty() {
             Ok(None)
         } else {
-            self.commit_deltas(&deltas, &keep).map(Some)
+            self.commit_deltas(&deltas).map(Some)
         };
         match result {
             Ok(stats) => {
@@ -435,7 +474,6 @@ impl Daemon {
         }
         let mut deltas = Vec::new();
         let seed = self.model.daemon.hash_seed;
-        let mut keep = Keep::services();
         for (&i, reps) in &by_service {
             let service = self.effective_service(i);
             let board = &mut self.board;
@@ -445,12 +483,11 @@ impl Daemon {
             }
             let after = render::service_elements(&service, seed, |s, b| board.is_up(s, b));
             deltas.extend(reconcile::diff_elements(&before, &after));
-            keep.add_if_withdrawn(&service, &before, &after);
         }
         let result = if deltas.is_empty() {
             Ok(None)
         } else {
-            self.commit_deltas(&deltas, &keep).map(Some)
+            self.commit_deltas(&deltas).map(Some)
         };
         let decided = reports.iter().map(|r| r.decided_at).min();
         for r in &reports {
@@ -538,11 +575,26 @@ impl Daemon {
     /// Commits element deltas to the installed table and records them; if the kernel refuses
     /// (the table was changed by hand), re-reads the table and applies the full difference.
     ///
-    /// Sticky entries that `keep` no longer allows (a withdrawn backend's clients) are deleted
-    /// in the same batch; a second look right after the commit catches any made meanwhile.
-    fn commit_deltas(&mut self, deltas: &[SetDelta], keep: &Keep) -> Result<CommitStats, NftError> {
+    /// The sticky entries of backends the deltas take away (a withdrawn backend's clients) are
+    /// deleted in the same batch when the read of the sticky map ends within
+    /// `sticky_read_wait`, and soon after it otherwise.
+    fn commit_deltas(&mut self, deltas: &[SetDelta]) -> Result<CommitStats, NftError> {
         let table = self.installed.table.clone();
-        let stale = self.stale_sticky(keep);
+        let read = if sticky::takes_away(deltas) {
+            let after = Eligible::after(&self.installed, deltas);
+            Daemon::read_for_change(
+                &mut self.sticky,
+                &self.installed,
+                self.model.daemon.sticky_read_wait,
+                &after,
+            )
+        } else {
+            StickyRead::NotNeeded
+        };
+        let stale = match &read {
+            StickyRead::InTime(stale) => stale.clone(),
+            _ => vec![],
+        };
         let sticky = sticky_set();
         let mut changes = vec![Change::Elements {
             table: &table,
@@ -559,21 +611,8 @@ impl Daemon {
             Ok(stats) => {
                 reconcile::apply_deltas(&mut self.installed, deltas);
                 self.installed_gen = Some(stats.generation);
-                if !stale.is_empty() {
-                    info!(
-                        entries = stale.len(),
-                        "forgot the sticky entries of backends that no longer take new connections, in the same batch"
-                    );
-                }
-                if !keep.is_empty() {
-                    // Not at once: each look is a read of the whole map, and the daemon's loop
-                    // waits for it.
-                    self.resweeps.push((
-                        tokio::time::Instant::now() + std::time::Duration::from_secs(1),
-                        keep.clone(),
-                        3,
-                    ));
-                }
+                log_sticky_read(&read, self.model.daemon.sticky_read_wait, "");
+                self.read_again_after(&read);
                 Ok(stats)
             }
             Err(NftError::Rejected(errors)) => {
@@ -586,7 +625,7 @@ impl Daemon {
                 let stats = self.resync(&want)?;
                 self.installed = want;
                 self.installed_gen = Some(stats.generation);
-                self.sweep_sticky(keep, "after the retry");
+                self.read_again_after(&StickyRead::Late);
                 Ok(stats)
             }
             Err(e) => Err(e),
@@ -610,9 +649,21 @@ impl Daemon {
         let mut board = self.board.clone();
         board.retain(&model);
         let want = render::render(&model, |s, b| board.is_up(s, b));
-        let had_persistence = self.model.services.iter().any(|s| s.persistence.is_some());
-        let keep = keep_for_whole_config(&model, &want, had_persistence);
-        let stale = self.stale_sticky(&keep);
+        let eligible = Eligible::of(&want);
+        let read = if eligible.takes_away_from(&self.installed) {
+            Daemon::read_for_change(
+                &mut self.sticky,
+                &self.installed,
+                model.daemon.sticky_read_wait,
+                &eligible,
+            )
+        } else {
+            StickyRead::NotNeeded
+        };
+        let stale = match &read {
+            StickyRead::InTime(stale) => stale.clone(),
+            _ => vec![],
+        };
         match self.sync_for_reload(&want, &stale) {
             Ok(stats) => {
                 if let Some(stats) = stats {
@@ -637,19 +688,14 @@ impl Daemon {
                 // The reload installed the configured weights; least-conn re-weighs from there.
                 self.effective.clear();
                 self.counted.clear();
-                if !stale.is_empty() {
-                    info!(
-                        entries = stale.len(),
-                        "reload: forgot the sticky entries the new config no longer allows, in the same batch"
-                    );
-                }
-                self.sweep_sticky(&keep, "after the reload");
+                log_sticky_read(&read, self.model.daemon.sticky_read_wait, "reload: ");
+                self.read_again_after(&read);
             }
             Err(e) => error!("reload failed, the running ruleset is unchanged: {e}"),
         }
     }
 
-    /// The reload's batch. If the ruleset generation has not moved since natlb's last commit,
+    /// The reload's batch (with the deletion of `stale` sticky entries). If the ruleset generation has not moved since natlb's last commit,
     /// no one has touched any table since, so natlb diffs against its own record: reading a big
     /// table back costs the kernel time quadratic in its sets' sizes (a set dump restarts its
     /// walk for every message). Otherwise natlb reads the kernel's table again: someone may have
@@ -712,18 +758,39 @@ fn sticky_set() -> String {
     layout::sticky_map_name(crate::render::ruleset::Family::V4)
 }
 
-/// What sticky entries may stay under the whole of `model` rendered as `want` (start-up,
-/// reload). Empty, so no read at all, when neither `model` nor, with `had_any`, the previous
-/// config has a service with persistence.
-fn keep_for_whole_config(model: &Model, want: &Ruleset, had_any: bool) -> Keep {
-    if !had_any && !model.services.iter().any(|s| s.persistence.is_some()) {
-        return Keep::services();
+/// Asks `sticky` for a read of `installed`'s sticky map, if it has one.
+fn ask_sticky(sticky: &mut Reader, installed: &Ruleset) -> Option<u64> {
+    let spec = installed.set(&sticky_set())?;
+    Some(sticky.ask(&installed.table, spec))
+}
+
+/// The keys of the entries in `answers` that are stale under `eligible`; a failed read is
+/// logged (its stale entries stay until a later read, and the guard keeps clients off them).
+fn stale_in(answers: &[Answer], eligible: &Eligible<'_>) -> Vec<Vec<Value>> {
+    let mut out = BTreeSet::new();
+    for a in answers {
+        match &a.entries {
+            Ok(entries) => out.extend(sticky::stale(entries, eligible)),
+            Err(e) => warn!("cannot read the sticky entries: {e}"),
+        }
     }
-    let mut keep = Keep::whole_config();
-    for s in &model.services {
-        keep.add(s, &want.elements, false);
+    out.into_iter().collect()
+}
+
+fn log_sticky_read(read: &StickyRead, wait: std::time::Duration, prefix: &str) {
+    match read {
+        StickyRead::InTime(stale) if !stale.is_empty() => info!(
+            entries = stale.len(),
+            "{prefix}forgot the sticky entries of backends that no longer take new connections, in the same batch"
+        ),
+        StickyRead::Late => info!(
+            "{prefix}the read of the sticky map took longer than sticky_read_wait ({wait:?}): \
+             committed without waiting; the entries of backends that no longer take new \
+             connections go when it ends, and until then the remember chain keeps their clients \
+             off those backends"
+        ),
+        _ => {}
     }
-    keep
 }
 
 /// How often changed backend states are written to `state_dir`.
@@ -741,7 +808,8 @@ pub fn run(config_path: &Path) -> Result<(), DaemonError> {
         let mut term = signal(SignalKind::terminate()).map_err(DaemonError::Signals)?;
         let mut int = signal(SignalKind::interrupt()).map_err(DaemonError::Signals)?;
         let (tx, mut rx) = mpsc::unbounded_channel();
-        let mut daemon = Daemon::start(config_path, tx)?;
+        let (answered, mut sticky_answers) = mpsc::unbounded_channel();
+        let mut daemon = Daemon::start(config_path, tx, answered)?;
         info!(config = %config_path.display(), "natlb is running");
         let mut save_tick = tokio::time::interval(STATE_SAVE_INTERVAL);
         let mut balance_tick = tokio::time::interval(daemon.least_conn_interval());
@@ -753,6 +821,10 @@ pub fn run(config_path: &Path) -> Result<(), DaemonError> {
                     daemon.resweep_sticky();
                 }
                 _ = balance_tick.tick() => daemon.rebalance(),
+                Some(()) = sticky_answers.recv() => {
+                    while sticky_answers.try_recv().is_ok() {}
+                    daemon.on_sticky_answers();
+                }
                 Some(first) = rx.recv() => {
                     // Decisions that arrived together share one batch.
                     let mut batch = vec![first];

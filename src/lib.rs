@@ -16,4 +16,5 @@ pub mod reconcile;
 pub mod render;
 pub mod state_dir;
 pub mod sticky;
+pub mod sticky_reader;
 pub mod support;

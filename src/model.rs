@@ -33,6 +33,10 @@ pub struct Daemon {
     pub hash_seed: u32,
     /// How often `least-conn` services are re-weighted from conntrack's counts.
     pub least_conn_interval: Duration,
+    /// How long a withdrawal waits for the read of the sticky map, to delete the withdrawn
+    /// backend's entries in its own batch; past it, the withdrawal is committed and the entries
+    /// are deleted when the read ends.
+    pub sticky_read_wait: Duration,
 }
 
 /// `[conntrack]`: every knob is optional; `None` leaves the kernel's value alone.

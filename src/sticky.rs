@@ -1,127 +1,110 @@
-//! Persistence: which of the kernel's sticky entries (client . service -> backend) a change
-//! must delete. Pure; the daemon reads the entries, asks here, and deletes the answer in the
-//! same batch as the change.
+//! Persistence: which of the kernel's sticky entries (client . service -> backend) must go.
+//! Pure; the daemon reads the entries (`sticky_reader`), asks here, and deletes the answer.
 //!
-//! An entry must go when its backend no longer takes new connections of its service (withdrawn,
-//! drained, a backup whose primaries are back, removed from the config), or when its service no
-//! longer has persistence: the nat chains send a remembered client to its backend before any
-//! slot is picked, so a stale entry would keep sending that client where natlb no longer sends
-//! anyone.
+//! An entry must go when its service . backend pair is not in the eligible set: the backend no
+//! longer takes new connections of its service (withdrawn, drained, a backup whose primaries are
+//! back, removed from the config), or the service lost its persistence or is gone. The remember
+//! chain's guard already refuses to follow such an entry (it drops the new connection's first
+//! packet and deletes the entry), so natlb's deletion is what spares each of those clients a
+//! retransmission, not what keeps them off the backend.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 
-use crate::model::Service;
-use crate::nft::KernelEntry;
+use crate::nft::{KernelEntry, SetDelta};
 use crate::render::layout;
-use crate::render::ruleset::{Elements, Family, Value};
+use crate::render::ruleset::{Entry, Ruleset, Value};
 
-/// The key of a service in natlb's sets: VIP . protocol . port.
-pub type VipKey = Vec<Value>;
-
-/// What may stay for the services a change touches: per VIP, the backends (address . port)
-/// that hold its slots, or `None` when none of its entries may stay.
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct Keep {
-    per_vip: HashMap<VipKey, Option<BTreeSet<Vec<Value>>>>,
-    /// Start-up and reload: the whole config is in `per_vip`, so entries of any other VIP go too.
-    everything: bool,
+/// The service . backend pairs (VIP . protocol . port . address . port) that take new
+/// connections in some state of the ruleset: the elements of its eligible sets, seen through
+/// the deltas of a change not applied yet. Borrows rather than copies, so that a change costs
+/// what it changes, not what the table holds.
+pub struct Eligible<'a> {
+    sets: Vec<&'a BTreeMap<Vec<Value>, Entry>>,
+    removed: BTreeSet<&'a [Value]>,
+    added: BTreeSet<&'a [Value]>,
 }
 
-impl Keep {
-    /// For a change to some services only (a health decision, a re-weighting): entries of
-    /// other services are left alone.
-    pub fn services() -> Keep {
-        Keep::default()
-    }
-
-    /// For a new config: entries of services that are not in it (or lost persistence) go.
-    pub fn whole_config() -> Keep {
-        Keep {
-            everything: true,
-            ..Keep::default()
+impl<'a> Eligible<'a> {
+    /// The eligible pairs of `rs`.
+    pub fn of(rs: &'a Ruleset) -> Eligible<'a> {
+        Eligible {
+            sets: eligible_set_names()
+                .filter_map(|name| rs.elements.get(&name))
+                .collect(),
+            removed: BTreeSet::new(),
+            added: BTreeSet::new(),
         }
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.per_vip.is_empty() && !self.everything
-    }
-
-    /// Adds `service` as the change leaves it, whose elements (all of them, or its own from
-    /// [`crate::render::service_elements`]) are `elements`. `had_persistence`: it had it before
-    /// the change. A service that has no persistence before or after is not natlb's concern
-    /// here and costs nothing.
-    pub fn add(&mut self, service: &Service, elements: &Elements, had_persistence: bool) {
-        let family = Family::of(&service.vip.addr);
-        if !layout::PERSISTENCE_FAMILIES.contains(&family) {
-            return;
-        }
-        let vip = vip_key(service);
-        if service.persistence.is_none() {
-            if had_persistence || self.everything {
-                self.per_vip.insert(vip, None);
+    /// The eligible pairs of `rs` once `deltas` are applied.
+    pub fn after(rs: &'a Ruleset, deltas: &'a [SetDelta]) -> Eligible<'a> {
+        let mut out = Eligible::of(rs);
+        let names: Vec<String> = eligible_set_names().collect();
+        for d in deltas.iter().filter(|d| names.contains(&d.set)) {
+            for key in &d.remove {
+                out.added.remove(key.as_slice());
+                out.removed.insert(key);
             }
-            return;
+            for (key, _) in &d.add {
+                out.removed.remove(key.as_slice());
+                out.added.insert(key);
+            }
         }
-        let backends = elements
-            .get(&layout::slots_map_name(family))
-            .map(|slots| {
-                slots
-                    .iter()
-                    .filter(|(key, _)| key.starts_with(&vip))
-                    .map(|(_, entry)| entry.data.clone())
-                    .collect()
-            })
-            .unwrap_or_default();
-        self.per_vip.insert(vip, Some(backends));
+        out
     }
 
-    /// Adds `service` for a change from `before` to `after` (its own elements) only if the
-    /// change took new connections away from one of its backends: a restore or a re-weighting
-    /// that keeps every backend in the table leaves every entry valid, and costs no read.
-    pub fn add_if_withdrawn(&mut self, service: &Service, before: &Elements, after: &Elements) {
-        if service.persistence.is_none() {
-            return;
-        }
-        let family = Family::of(&service.vip.addr);
-        let backends = |e: &Elements| -> BTreeSet<Vec<Value>> {
-            e.get(&layout::slots_map_name(family))
-                .map(|slots| slots.values().map(|entry| entry.data.clone()).collect())
-                .unwrap_or_default()
-        };
-        if !backends(before).is_subset(&backends(after)) {
-            self.add(service, after, true);
-        }
+    pub fn contains(&self, pair: &[Value]) -> bool {
+        self.added.contains(pair)
+            || (!self.removed.contains(pair) && self.sets.iter().any(|s| s.contains_key(pair)))
     }
 
-    /// Of `entries` (key: client . VIP . protocol . port; data: backend address . port), the
-    /// keys to delete.
-    pub fn stale(&self, entries: &[KernelEntry]) -> Vec<Vec<Value>> {
-        entries
+    /// Whether some pair eligible in `before` is not any more: then entries may have become
+    /// stale, and the sticky map is worth reading (a reload).
+    pub fn takes_away_from(&self, before: &Ruleset) -> bool {
+        Eligible::of(before)
+            .sets
             .iter()
-            .filter(|(key, data)| {
-                let vip = key.get(1..).unwrap_or_default();
-                match self.per_vip.get(vip) {
-                    Some(Some(backends)) => !backends.contains(data),
-                    Some(None) => true,
-                    None => self.everything,
-                }
-            })
-            .map(|(key, _)| key.clone())
-            .collect()
+            .any(|s| s.keys().any(|k| !self.contains(k)))
     }
 }
 
-pub fn vip_key(service: &Service) -> VipKey {
-    vec![
-        Value::Addr(service.vip.addr),
-        Value::Proto(service.vip.protocol),
-        Value::Port(service.vip.port),
-    ]
+/// Whether `deltas` take new connections away from some backend of a service with persistence
+/// (or persistence from a service): only then can entries have become stale, and only then is
+/// the map worth reading. A restore or a re-weighting that keeps every backend costs no read.
+pub fn takes_away(deltas: &[SetDelta]) -> bool {
+    let names: Vec<String> = eligible_set_names().collect();
+    deltas
+        .iter()
+        .any(|d| names.contains(&d.set) && !d.remove.is_empty())
+}
+
+/// Of `entries` (key: client . VIP . protocol . port; data: backend address . port), the keys
+/// whose service . backend pair is not `eligible`.
+pub fn stale(entries: &[KernelEntry], eligible: &Eligible<'_>) -> Vec<Vec<Value>> {
+    let mut pair = Vec::new();
+    entries
+        .iter()
+        .filter(|(key, data)| {
+            pair.clear();
+            pair.extend(key.iter().skip(1).cloned());
+            pair.extend(data.iter().cloned());
+            !eligible.contains(&pair)
+        })
+        .map(|(key, _)| key.clone())
+        .collect()
+}
+
+fn eligible_set_names() -> impl Iterator<Item = String> {
+    layout::PERSISTENCE_FAMILIES
+        .into_iter()
+        .map(layout::eligible_set_name)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::{Backend, Service};
+    use crate::reconcile::diff_elements;
     use crate::render::{render, service_elements};
     use std::net::IpAddr;
 
@@ -133,13 +116,13 @@ mod tests {
                  [[service.backend]]\naddress = \"192.0.2.1:8080\"\n\
                  [[service.backend]]\naddress = \"192.0.2.2:8080\"\n\
                  [[service]]\nname = \"b\"\nlisten = \"203.0.113.2:80\"\npersistence = \"1m\"\n\
-                 [[service.backend]]\naddress = \"192.0.2.1:8080\"\n"
+                 [[service.backend]]\naddress = \"192.0.2.2:8080\"\n"
             ),
         )
         .unwrap()
     }
 
-    fn entry(client: &str, vip: &str, backend: &str) -> (Vec<Value>, Vec<Value>) {
+    fn entry(client: &str, vip: &str, backend: &str) -> KernelEntry {
         let ip = |s: &str| Value::Addr(s.parse::<IpAddr>().unwrap());
         (
             vec![
@@ -152,65 +135,67 @@ mod tests {
         )
     }
 
+    fn second_down(_: &Service, b: &Backend) -> bool {
+        b.address.to_string() != "192.0.2.2:8080"
+    }
+
     #[test]
     fn a_withdrawn_backend_loses_its_clients_and_only_them() {
         let m = model("persistence = \"5m\"");
+        let all_up = render(&m, |_, _| true);
         let a = &m.services[0];
-        let down =
-            |_: &Service, b: &crate::model::Backend| b.address.to_string() != "192.0.2.2:8080";
-        let mut keep = Keep::services();
-        keep.add(a, &service_elements(a, 0, down), true);
+        let deltas = diff_elements(
+            &service_elements(a, 0, |_, _| true),
+            &service_elements(a, 0, second_down),
+        );
+        assert!(takes_away(&deltas));
         let entries = [
             entry("198.51.100.1", "203.0.113.1", "192.0.2.1"),
             entry("198.51.100.2", "203.0.113.1", "192.0.2.2"),
             // Service b's entry to the same backend address: b is untouched.
             entry("198.51.100.2", "203.0.113.2", "192.0.2.2"),
         ];
-        assert_eq!(keep.stale(&entries), vec![entries[1].0.clone()]);
+        assert!(stale(&entries, &Eligible::of(&all_up)).is_empty());
+        let after = Eligible::after(&all_up, &deltas);
+        assert_eq!(stale(&entries, &after), vec![entries[1].0.clone()]);
     }
 
     #[test]
     fn a_restore_needs_no_look() {
         let m = model("persistence = \"5m\"");
         let a = &m.services[0];
-        let down =
-            |_: &Service, b: &crate::model::Backend| b.address.to_string() != "192.0.2.2:8080";
-        let (up, without) = (
-            service_elements(a, 0, |_, _| true),
-            service_elements(a, 0, down),
+        let restore = diff_elements(
+            &service_elements(a, 0, second_down),
+            &service_elements(a, 0, |_, _| true),
         );
-        let mut keep = Keep::services();
-        keep.add_if_withdrawn(a, &without, &up);
-        assert!(keep.is_empty(), "a restore read the sticky map");
-        keep.add_if_withdrawn(a, &up, &without);
-        assert!(!keep.is_empty(), "a withdrawal did not");
+        assert!(!takes_away(&restore), "a restore read the sticky map");
+        // Without persistence nothing is eligible, so a withdrawal needs no look either.
+        let m = model("");
+        let a = &m.services[0];
+        let withdrawal = diff_elements(
+            &service_elements(a, 0, |_, _| true),
+            &service_elements(a, 0, second_down),
+        );
+        assert!(!takes_away(&withdrawal));
     }
 
     #[test]
     fn losing_persistence_or_the_service_forgets_its_clients() {
         let m = model("");
-        let a = &m.services[0];
         let entries = [
             entry("198.51.100.1", "203.0.113.1", "192.0.2.1"),
-            entry("198.51.100.1", "203.0.113.2", "192.0.2.1"),
+            entry("198.51.100.1", "203.0.113.2", "192.0.2.2"),
             entry("198.51.100.1", "203.0.113.9", "192.0.2.1"),
         ];
-        // A health change of a service that never had persistence needs no look at all.
-        let mut keep = Keep::services();
-        keep.add(a, &service_elements(a, 0, |_, _| true), false);
-        assert!(keep.is_empty());
-        // It had persistence before this reload: all its entries go.
-        keep.add(a, &service_elements(a, 0, |_, _| true), true);
-        assert_eq!(keep.stale(&entries), vec![entries[0].0.clone()]);
-        // A whole new config: a, without persistence now, and 203.0.113.9, gone, lose their
-        // entries; b keeps its own.
-        let all = render(&m, |_, _| true);
-        let mut keep = Keep::whole_config();
-        for s in &m.services {
-            keep.add(s, &all.elements, false);
-        }
+        // a, without persistence now, and 203.0.113.9, gone, lose their entries; b keeps its
+        // own.
+        let before = render(&model("persistence = \"5m\""), |_, _| true);
+        let after = render(&m, |_, _| true);
+        let now = Eligible::of(&after);
+        assert!(now.takes_away_from(&before));
+        assert!(!Eligible::of(&before).takes_away_from(&before));
         assert_eq!(
-            keep.stale(&entries),
+            stale(&entries, &now),
             vec![entries[0].0.clone(), entries[2].0.clone()]
         );
     }

@@ -19,7 +19,12 @@ use gateway::Gateway;
 
 const VIP: &str = "203.0.113.10:80";
 
-fn config(persistence: &'static str, comment: &'static str) -> impl Fn(&Path) -> String {
+/// `wait`: `sticky_read_wait`, how long a withdrawal waits for the read of the sticky map.
+fn config(
+    persistence: &'static str,
+    comment: &'static str,
+    wait: &'static str,
+) -> impl Fn(&Path) -> String {
     move |dir: &Path| {
         format!(
             r#"
@@ -29,6 +34,7 @@ table = "natlb"
 control_socket = "{dir}/control.sock"
 state_dir = "{dir}/state"
 keep_rules_on_exit = true
+sticky_read_wait = "{wait}"
 
 [[service]]
 name = "web"
@@ -91,7 +97,8 @@ fn backend_index(id: &str) -> usize {
 
 #[test]
 fn a_client_sticks_and_a_withdrawn_backends_clients_are_forgotten_in_the_same_batch() {
-    let mut g = Gateway::new(config("5m", ""));
+    // Waits as long as it takes: the entries go in the withdrawal's batch whatever the load.
+    let mut g = Gateway::new(config("5m", "", "10s"));
     let clients = g.clients(12);
     let before = mapping(&g, &clients, 6);
     let per_backend = entries_per_backend(&g);
@@ -146,7 +153,7 @@ fn a_client_sticks_and_a_withdrawn_backends_clients_are_forgotten_in_the_same_ba
 
 #[test]
 fn persistence_survives_a_restart_and_an_unchanged_reload_and_expires() {
-    let mut g = Gateway::new(config("10s", "first"));
+    let mut g = Gateway::new(config("10s", "first", "5ms"));
     let clients = g.clients(12);
     let before = mapping(&g, &clients, 3);
 
@@ -165,7 +172,7 @@ fn persistence_survives_a_restart_and_an_unchanged_reload_and_expires() {
     );
 
     // A reload that does not change the service keeps them too.
-    let text = config("10s", "second")(g.lab.dir());
+    let text = config("10s", "second", "5ms")(g.lab.dir());
     g.reload(&text, "reload");
     assert_eq!(
         mapping(&g, &clients, 2),
@@ -182,11 +189,11 @@ fn persistence_survives_a_restart_and_an_unchanged_reload_and_expires() {
 
 #[test]
 fn a_reload_that_removes_persistence_forgets_the_clients() {
-    let g = Gateway::new(config("1h", ""));
+    let g = Gateway::new(config("1h", "", "5ms"));
     let clients = g.clients(4);
     mapping(&g, &clients, 2);
     assert_eq!(entries_per_backend(&g).values().sum::<usize>(), 4);
-    let text = config("1h", "")(g.lab.dir()).replace("persistence = \"1h\"\n", "");
+    let text = config("1h", "", "5ms")(g.lab.dir()).replace("persistence = \"1h\"\n", "");
     g.reload(&text, "reload");
     assert!(
         entries_per_backend(&g).is_empty(),
@@ -197,7 +204,7 @@ fn a_reload_that_removes_persistence_forgets_the_clients() {
 
 #[test]
 fn a_stale_entry_never_sends_a_client_to_a_backend_that_takes_no_new_connections() {
-    let g = Gateway::new(config("5m", ""));
+    let g = Gateway::new(config("5m", "", "5ms"));
     let clients = g.clients(2);
     // An entry natlb did not delete (as if its read of the map had missed it): the client is
     // remembered on 192.0.2.99, which is no backend of the service.
@@ -233,4 +240,47 @@ fn a_stale_entry_never_sends_a_client_to_a_backend_that_takes_no_new_connections
         entry.contains(&backend),
         "the client is not remembered on the backend it reached ({backend}):\n{listing}"
     );
+}
+
+#[test]
+fn a_withdrawal_that_does_not_wait_for_the_read_forgets_the_entries_just_after() {
+    // Never waits: the withdrawal is committed first, the entries go when the read ends.
+    let mut g = Gateway::new(config("5m", "", "0s"));
+    let clients = g.clients(12);
+    let before = mapping(&g, &clients, 4);
+    let per_backend = entries_per_backend(&g);
+    let (victim, _) = per_backend.iter().max_by_key(|(_, n)| **n).unwrap();
+    let victim = victim.clone();
+    g.stop_tcp(backend_index(&victim));
+    assert!(
+        g.wait_log(
+            "took longer than sticky_read_wait",
+            1,
+            Duration::from_secs(5)
+        ),
+        "{}",
+        g.log()
+    );
+    assert!(
+        g.wait_log(
+            "forgot sticky entries of backends that no longer take new connections",
+            1,
+            Duration::from_secs(5)
+        ),
+        "{}",
+        g.log()
+    );
+    assert!(
+        !entries_per_backend(&g).contains_key(&victim),
+        "entries still point at the withdrawn {victim}:\n{}",
+        sticky(&g)
+    );
+    let during = mapping(&g, &clients, 3);
+    for (c, id) in &before {
+        if *id == victim {
+            assert_ne!(&during[c], id, "client {c} still reaches the dead backend");
+        } else {
+            assert_eq!(&during[c], id, "client {c} moved though its backend is up");
+        }
+    }
 }

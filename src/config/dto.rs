@@ -40,6 +40,7 @@ pub(super) struct DaemonDto {
     pub keep_rules_on_exit: Option<bool>,
     pub hash_seed: Option<Spanned<i64>>,
     pub least_conn_interval: Option<Spanned<DurationText>>,
+    pub sticky_read_wait: Option<Spanned<DurationText>>,
 }
 
 /// Integers are `i64` (TOML's integer type) rather than `u64`, so that a negative value reaches

@@ -20,6 +20,17 @@ const UNITS: [(&str, u64); 5] = [
 /// Parses a duration such as `500ms`, `1s`, `30m`, `1h30m` or `2d`. Errors are full sentences
 /// that quote the input and say how to write it instead.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let d = parse_duration_or_zero(s)?;
+    if d.is_zero() {
+        return Err(format!(
+            "duration \"{s}\" is zero; use a positive duration such as \"1s\""
+        ));
+    }
+    Ok(d)
+}
+
+/// [`parse_duration`] for the few settings where zero means "not at all".
+pub fn parse_duration_or_zero(s: &str) -> Result<Duration, String> {
     let text = s.trim();
     if text.is_empty() {
         return Err("empty duration; write a number with a unit, e.g. \"2s\" or \"500ms\"".into());
@@ -92,11 +103,6 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         rest = after;
     }
 
-    if total_ms == 0 {
-        return Err(format!(
-            "duration \"{s}\" is zero; use a positive duration such as \"1s\""
-        ));
-    }
     Ok(Duration::from_millis(total_ms))
 }
 

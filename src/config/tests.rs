@@ -106,6 +106,7 @@ fn spec_example_parses_to_the_expected_model() {
             keep_rules_on_exit: true,
             hash_seed: 0,
             least_conn_interval: Duration::from_secs(1),
+            sticky_read_wait: Duration::from_millis(5),
         },
         conntrack: Conntrack {
             max: Some(524288),
@@ -183,6 +184,7 @@ fn empty_file_is_all_defaults() {
             keep_rules_on_exit: true,
             hash_seed: 0,
             least_conn_interval: Duration::from_secs(1),
+            sticky_read_wait: Duration::from_millis(5),
         }
     );
     assert_eq!(m.conntrack, Conntrack::default());
@@ -1470,7 +1472,7 @@ snat = "masquerade"
         errors(text),
         [
             "t.toml:2:1: unknown key `tabel` in [daemon]; did you mean `table`? (valid keys: \
-             table, control_socket, state_dir, metrics, keep_rules_on_exit, hash_seed, least_conn_interval)",
+             table, control_socket, state_dir, metrics, keep_rules_on_exit, hash_seed, least_conn_interval, sticky_read_wait)",
             "t.toml:7:1: unknown key `protcol` in [[service]]; did you mean `protocol`? (valid \
              keys: name, listen, protocol, scheduler, hash, persistence, snat, on_all_down, \
              on_backend_down, health, backend)",
@@ -1646,6 +1648,26 @@ fn least_conn_interval() {
     ));
     assert!(
         e.starts_with("t.toml:2:23: least_conn_interval 10ms is too short"),
+        "{e}"
+    );
+}
+
+#[test]
+fn sticky_read_wait() {
+    let m = parse("t.toml", &service_with("")).unwrap();
+    assert_eq!(m.daemon.sticky_read_wait, Duration::from_millis(5));
+    let m = parse(
+        "t.toml",
+        &format!("[daemon]\nsticky_read_wait = \"0s\"\n{}", service_with("")),
+    )
+    .unwrap();
+    assert_eq!(m.daemon.sticky_read_wait, Duration::ZERO);
+    let e = error(&format!(
+        "[daemon]\nsticky_read_wait = \"1m\"\n{}",
+        service_with("")
+    ));
+    assert!(
+        e.starts_with("t.toml:2:20: sticky_read_wait 60s is too long"),
         "{e}"
     );
 }

@@ -16,6 +16,8 @@ const DEFAULT_CONTROL_SOCKET: &str = "/run/natlb/control.sock";
 const DEFAULT_STATE_DIR: &str = "/var/lib/natlb";
 const DEFAULT_LEAST_CONN_INTERVAL: Duration = Duration::from_secs(1);
 const MIN_LEAST_CONN_INTERVAL: Duration = Duration::from_millis(100);
+const DEFAULT_STICKY_READ_WAIT: Duration = Duration::from_millis(5);
+const MAX_STICKY_READ_WAIT: Duration = Duration::from_secs(10);
 
 /// `sun_path` is 108 bytes including the terminating NUL.
 const MAX_SOCKET_PATH: usize = 107;
@@ -87,6 +89,29 @@ pub(super) fn daemon(dto: &DaemonDto, d: &mut Diagnostics<'_>) -> Option<Daemon>
             None => None,
         };
 
+    // Zero is allowed: never wait, always delete the entries in a batch of their own.
+    let sticky_read_wait = match super::duration_with(
+        &dto.sticky_read_wait,
+        "sticky_read_wait",
+        d,
+        super::super::duration::parse_duration_or_zero,
+    ) {
+        Some(Some(v)) if v > MAX_STICKY_READ_WAIT => {
+            if let Some(span) = dto.sticky_read_wait.as_ref().map(|v| v.span()) {
+                d.error(
+                    span,
+                    format!(
+                        "sticky_read_wait {v:?} is too long; use 10s or less (a withdrawal \
+                         waits this long before it is committed)"
+                    ),
+                );
+            }
+            None
+        }
+        Some(v) => Some(v.unwrap_or(DEFAULT_STICKY_READ_WAIT)),
+        None => None,
+    };
+
     Some(Daemon {
         table: table?,
         control_socket: control_socket?,
@@ -95,6 +120,7 @@ pub(super) fn daemon(dto: &DaemonDto, d: &mut Diagnostics<'_>) -> Option<Daemon>
         keep_rules_on_exit: dto.keep_rules_on_exit.unwrap_or(true),
         hash_seed: hash_seed?,
         least_conn_interval: least_conn_interval?,
+        sticky_read_wait: sticky_read_wait?,
     })
 }
 

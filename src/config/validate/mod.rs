@@ -63,10 +63,20 @@ fn duration(
     what: &str,
     d: &mut Diagnostics<'_>,
 ) -> Option<Option<Duration>> {
+    duration_with(value, what, d, parse_duration)
+}
+
+/// [`duration`] with a parser of the caller's choosing.
+fn duration_with(
+    value: &Option<Spanned<DurationText>>,
+    what: &str,
+    d: &mut Diagnostics<'_>,
+    parse: fn(&str) -> Result<Duration, String>,
+) -> Option<Option<Duration>> {
     let Some(value) = value else {
         return Some(None);
     };
-    match parse_duration(&value.get_ref().0) {
+    match parse(&value.get_ref().0) {
         Ok(v) => Some(Some(v)),
         Err(e) => {
             d.error(value.span(), format!("{what}: {e}"));
