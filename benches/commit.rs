@@ -150,7 +150,7 @@ fn build_model(services: usize, backends: usize, scheduler: Scheduler) -> Model 
             keep_rules_on_exit: true,
             hash_seed: 0,
             least_conn_interval: Duration::from_secs(1),
-            sticky_read_wait: Duration::from_millis(5),
+            sticky_read_wait: Duration::from_millis(3),
         },
         conntrack: Conntrack::default(),
         sysctl: Default::default(),

@@ -115,7 +115,7 @@ struct Row {
     forgot: usize,
     /// Reads that returned fewer entries than the map held.
     incomplete: usize,
-    /// As the daemon does it (`sticky_read_wait`, 5 ms): from the decision to the withdrawal's
+    /// As the daemon does it (`sticky_read_wait`, 3 ms): from the decision to the withdrawal's
     /// commit, whether the entries made it into that batch, and from the decision until they
     /// were deleted.
     daemon_commit: Vec<Duration>,
@@ -124,7 +124,7 @@ struct Row {
 }
 
 /// The daemon's default `sticky_read_wait`.
-const READ_WAIT: Duration = Duration::from_millis(5);
+const READ_WAIT: Duration = Duration::from_millis(3);
 
 fn median(v: &[Duration]) -> f64 {
     let mut v = v.to_vec();

@@ -153,7 +153,7 @@ fn a_client_sticks_and_a_withdrawn_backends_clients_are_forgotten_in_the_same_ba
 
 #[test]
 fn persistence_survives_a_restart_and_an_unchanged_reload_and_expires() {
-    let mut g = Gateway::new(config("10s", "first", "5ms"));
+    let mut g = Gateway::new(config("10s", "first", "3ms"));
     let clients = g.clients(12);
     let before = mapping(&g, &clients, 3);
 
@@ -172,7 +172,7 @@ fn persistence_survives_a_restart_and_an_unchanged_reload_and_expires() {
     );
 
     // A reload that does not change the service keeps them too.
-    let text = config("10s", "second", "5ms")(g.lab.dir());
+    let text = config("10s", "second", "3ms")(g.lab.dir());
     g.reload(&text, "reload");
     assert_eq!(
         mapping(&g, &clients, 2),
@@ -189,11 +189,11 @@ fn persistence_survives_a_restart_and_an_unchanged_reload_and_expires() {
 
 #[test]
 fn a_reload_that_removes_persistence_forgets_the_clients() {
-    let g = Gateway::new(config("1h", "", "5ms"));
+    let g = Gateway::new(config("1h", "", "3ms"));
     let clients = g.clients(4);
     mapping(&g, &clients, 2);
     assert_eq!(entries_per_backend(&g).values().sum::<usize>(), 4);
-    let text = config("1h", "", "5ms")(g.lab.dir()).replace("persistence = \"1h\"\n", "");
+    let text = config("1h", "", "3ms")(g.lab.dir()).replace("persistence = \"1h\"\n", "");
     g.reload(&text, "reload");
     assert!(
         entries_per_backend(&g).is_empty(),
@@ -204,7 +204,7 @@ fn a_reload_that_removes_persistence_forgets_the_clients() {
 
 #[test]
 fn a_stale_entry_never_sends_a_client_to_a_backend_that_takes_no_new_connections() {
-    let g = Gateway::new(config("5m", "", "5ms"));
+    let g = Gateway::new(config("5m", "", "3ms"));
     let clients = g.clients(2);
     // An entry natlb did not delete (as if its read of the map had missed it): the client is
     // remembered on 192.0.2.99, which is no backend of the service.

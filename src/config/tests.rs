@@ -106,7 +106,7 @@ fn spec_example_parses_to_the_expected_model() {
             keep_rules_on_exit: true,
             hash_seed: 0,
             least_conn_interval: Duration::from_secs(1),
-            sticky_read_wait: Duration::from_millis(5),
+            sticky_read_wait: Duration::from_millis(3),
         },
         conntrack: Conntrack {
             max: Some(524288),
@@ -184,7 +184,7 @@ fn empty_file_is_all_defaults() {
             keep_rules_on_exit: true,
             hash_seed: 0,
             least_conn_interval: Duration::from_secs(1),
-            sticky_read_wait: Duration::from_millis(5),
+            sticky_read_wait: Duration::from_millis(3),
         }
     );
     assert_eq!(m.conntrack, Conntrack::default());
@@ -1655,7 +1655,7 @@ fn least_conn_interval() {
 #[test]
 fn sticky_read_wait() {
     let m = parse("t.toml", &service_with("")).unwrap();
-    assert_eq!(m.daemon.sticky_read_wait, Duration::from_millis(5));
+    assert_eq!(m.daemon.sticky_read_wait, Duration::from_millis(3));
     let m = parse(
         "t.toml",
         &format!("[daemon]\nsticky_read_wait = \"0s\"\n{}", service_with("")),

@@ -16,7 +16,7 @@ const DEFAULT_CONTROL_SOCKET: &str = "/run/natlb/control.sock";
 const DEFAULT_STATE_DIR: &str = "/var/lib/natlb";
 const DEFAULT_LEAST_CONN_INTERVAL: Duration = Duration::from_secs(1);
 const MIN_LEAST_CONN_INTERVAL: Duration = Duration::from_millis(100);
-const DEFAULT_STICKY_READ_WAIT: Duration = Duration::from_millis(5);
+const DEFAULT_STICKY_READ_WAIT: Duration = Duration::from_millis(3);
 const MAX_STICKY_READ_WAIT: Duration = Duration::from_secs(10);
 
 /// `sun_path` is 108 bytes including the terminating NUL.
