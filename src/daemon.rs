@@ -17,9 +17,10 @@ use std::path::{Path, PathBuf};
 
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::mpsc;
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::config;
+use crate::conntrack_pressure::{self, Pressure};
 use crate::health::{self, Board, Engine, Report, State};
 use crate::least_conn;
 use crate::model::{Model, OnBackendDown, Scheduler, Service};
@@ -28,6 +29,7 @@ use crate::reconcile::{self, Plan};
 use crate::render::{self, layout, ruleset::Ruleset, ruleset::Value};
 use crate::sticky::{self, Eligible};
 use crate::sticky_reader::{Answer, Reader};
+use crate::sysctl::{self, Outcome};
 
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
@@ -71,6 +73,8 @@ struct Daemon {
     /// When to read the sticky map again after a withdrawal: a read while the kernel resizes
     /// the map can miss entries, so they are looked for again about 1, 3 and 7 seconds later.
     resweeps: Vec<tokio::time::Instant>,
+    /// How full the conntrack table is, as last seen.
+    pressure: Pressure,
 }
 
 /// The sticky-map read a change asked for.
@@ -188,6 +192,7 @@ impl Daemon {
     ) -> Result<Daemon, DaemonError> {
         let model = config::load(config_path)?;
         warn_unsupported(&model);
+        apply_kernel_knobs(&model, "start");
         let saved = health::store::load(&model.daemon.state_dir).unwrap_or_else(|e| {
             warn!(
                 "cannot read {}: {e}; every probed backend starts unknown",
@@ -249,6 +254,7 @@ impl Daemon {
             counted: HashMap::new(),
             sticky: Reader::start(sticky_answered).map_err(DaemonError::StickyThread)?,
             resweeps: Vec::new(),
+            pressure: Pressure::default(),
         };
         // The sticky entries live in the kernel and survive a restart; those the config (or the
         // backends' states) no longer allow go when the read ends.
@@ -344,6 +350,42 @@ impl Daemon {
             }
             Err(e) => warn!("cannot delete {} stale sticky entries: {e}", stale.len()),
         }
+    }
+
+    /// Looks at the conntrack table's fill; logs when it reaches `warn_percent` and when it is
+    /// clearly below again.
+    fn check_conntrack(&mut self) {
+        let fill = match conntrack_pressure::read(Path::new(PROC_SYS)) {
+            Ok(f) => f,
+            Err(e) => {
+                debug!("cannot read the conntrack table's fill: {e}");
+                return;
+            }
+        };
+        let warn_percent = self.model.conntrack.warn_percent;
+        match self.pressure.observe(fill, warn_percent) {
+            Some(conntrack_pressure::Change::Above(f)) => warn!(
+                count = f.count,
+                max = f.max,
+                "the conntrack table is {:.0} % full ({} of {}, warn_percent {warn_percent}): \
+                 when it is full the kernel drops new connections; raise [conntrack] max (and \
+                 buckets) on the host, or shorten the timeouts",
+                f.percent(),
+                f.count,
+                f.max
+            ),
+            Some(conntrack_pressure::Change::Below(f)) => info!(
+                count = f.count,
+                max = f.max,
+                "the conntrack table is back to {:.0} % full",
+                f.percent()
+            ),
+            None => {}
+        }
+    }
+
+    fn conntrack_interval(&self) -> std::time::Duration {
+        self.model.conntrack.check_interval
     }
 
     fn least_conn_interval(&self) -> std::time::Duration {
@@ -678,6 +720,7 @@ impl Daemon {
                     info!("reload: the ruleset stays as it is");
                 }
                 remember_table(&model, &want.table);
+                apply_kernel_knobs(&model, "reload");
                 self.installed = want;
                 self.installed_gen = generation_after(&mut self.nft, stats.as_ref());
                 self.index = index(&model);
@@ -793,6 +836,59 @@ fn log_sticky_read(read: &StickyRead, wait: std::time::Duration, prefix: &str) {
     }
 }
 
+/// Where the kernel's knobs are.
+const PROC_SYS: &str = "/proc/sys";
+
+/// Writes the knobs of `[conntrack]` and `[sysctl]`, reads them back, and logs what differs
+/// (by the knob's path); warns when forwarding is off for a family with services. natlb runs
+/// on whatever happens here.
+fn apply_kernel_knobs(model: &Model, when: &str) {
+    let root = Path::new(PROC_SYS);
+    for (k, outcome) in sysctl::apply(root, &sysctl::desired(model)) {
+        let path = sysctl::path(root, &k.name);
+        let path = path.display();
+        let from = &k.from;
+        match outcome {
+            Outcome::Set { was } => info!(
+                knob = %k.name,
+                "{when}: set {path} to {} (was {was}; {from})",
+                k.value
+            ),
+            Outcome::Unchanged => debug!(knob = %k.name, "{when}: {path} is {} already", k.value),
+            Outcome::Differs { now } => warn!(
+                knob = %k.name,
+                "{when}: {path}: natlb wrote {} ({from}), and the kernel reads back {now}",
+                k.value
+            ),
+            Outcome::InitNamespaceOnly { now } => warn!(
+                knob = %k.name,
+                "{when}: {path} stays {now}, not {} ({from}): only the initial network \
+                 namespace may set it (the conntrack table's size is shared by every \
+                 namespace), and natlb runs in another one. Set it on the host, or remove it \
+                 from the config",
+                k.value
+            ),
+            Outcome::Missing => warn!(
+                knob = %k.name,
+                "{when}: {path} does not exist in this kernel (is its module loaded?); {from} \
+                 is not applied"
+            ),
+            Outcome::Failed(e) => warn!(
+                knob = %k.name,
+                "{when}: {path}: {e}; {from} is not applied"
+            ),
+        }
+    }
+    for (name, family) in sysctl::forwarding_needed(model) {
+        if sysctl::read(root, name).is_ok_and(|v| v == "0") {
+            warn!(
+                "{when}: {name} is 0, so the kernel forwards no {family} packet and no client \
+                 reaches a backend of the {family} services; set \"{name}\" = 1 in [sysctl]"
+            );
+        }
+    }
+}
+
 /// How often changed backend states are written to `state_dir`.
 const STATE_SAVE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
 
@@ -814,6 +910,8 @@ pub fn run(config_path: &Path) -> Result<(), DaemonError> {
         let mut save_tick = tokio::time::interval(STATE_SAVE_INTERVAL);
         let mut balance_tick = tokio::time::interval(daemon.least_conn_interval());
         balance_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut conntrack_tick = tokio::time::interval(daemon.conntrack_interval());
+        conntrack_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 _ = save_tick.tick() => {
@@ -821,6 +919,7 @@ pub fn run(config_path: &Path) -> Result<(), DaemonError> {
                     daemon.resweep_sticky();
                 }
                 _ = balance_tick.tick() => daemon.rebalance(),
+                _ = conntrack_tick.tick() => daemon.check_conntrack(),
                 Some(()) = sticky_answers.recv() => {
                     while sticky_answers.try_recv().is_ok() {}
                     daemon.on_sticky_answers();
@@ -836,6 +935,11 @@ pub fn run(config_path: &Path) -> Result<(), DaemonError> {
                 _ = hup.recv() => {
                     info!("SIGHUP: reloading {}", config_path.display());
                     daemon.reload();
+                    if conntrack_tick.period() != daemon.conntrack_interval() {
+                        conntrack_tick = tokio::time::interval(daemon.conntrack_interval());
+                        conntrack_tick
+                            .set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                    }
                     if balance_tick.period() != daemon.least_conn_interval() {
                         balance_tick = tokio::time::interval(daemon.least_conn_interval());
                         balance_tick

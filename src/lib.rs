@@ -7,6 +7,7 @@
 
 pub mod config;
 pub mod conntrack;
+pub mod conntrack_pressure;
 pub mod daemon;
 pub mod health;
 pub mod least_conn;
@@ -18,3 +19,4 @@ pub mod state_dir;
 pub mod sticky;
 pub mod sticky_reader;
 pub mod support;
+pub mod sysctl;

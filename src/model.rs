@@ -40,15 +40,73 @@ pub struct Daemon {
 }
 
 /// `[conntrack]`: every knob is optional; `None` leaves the kernel's value alone.
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Conntrack {
-    pub max: Option<u64>,
-    pub buckets: Option<u64>,
-    pub tcp_timeout_established: Option<u64>,
-    pub tcp_timeout_time_wait: Option<u64>,
-    pub udp_timeout: Option<u64>,
-    pub udp_timeout_stream: Option<u64>,
+    /// The integer knobs, by `[conntrack]` key, in [`CONNTRACK_KNOBS`] order (the booleans
+    /// `tcp_loose` and `tcp_be_liberal` as 0 or 1).
+    pub knobs: BTreeMap<&'static str, u64>,
+    /// natlb warns when the table is fuller than this percentage of `nf_conntrack_max`.
+    pub warn_percent: u8,
+    /// How often natlb looks at `nf_conntrack_count`.
+    pub check_interval: Duration,
 }
+
+impl Default for Conntrack {
+    fn default() -> Conntrack {
+        Conntrack {
+            knobs: BTreeMap::new(),
+            warn_percent: 80,
+            check_interval: Duration::from_secs(10),
+        }
+    }
+}
+
+/// The `[conntrack]` knobs: key, the sysctl it sets, and whether it is a boolean.
+pub const CONNTRACK_KNOBS: [(&str, &str, bool); 11] = [
+    ("max", "net.netfilter.nf_conntrack_max", false),
+    ("buckets", "net.netfilter.nf_conntrack_buckets", false),
+    (
+        "tcp_timeout_established",
+        "net.netfilter.nf_conntrack_tcp_timeout_established",
+        false,
+    ),
+    (
+        "tcp_timeout_time_wait",
+        "net.netfilter.nf_conntrack_tcp_timeout_time_wait",
+        false,
+    ),
+    (
+        "tcp_timeout_close_wait",
+        "net.netfilter.nf_conntrack_tcp_timeout_close_wait",
+        false,
+    ),
+    (
+        "udp_timeout",
+        "net.netfilter.nf_conntrack_udp_timeout",
+        false,
+    ),
+    (
+        "udp_timeout_stream",
+        "net.netfilter.nf_conntrack_udp_timeout_stream",
+        false,
+    ),
+    (
+        "icmp_timeout",
+        "net.netfilter.nf_conntrack_icmp_timeout",
+        false,
+    ),
+    (
+        "generic_timeout",
+        "net.netfilter.nf_conntrack_generic_timeout",
+        false,
+    ),
+    ("tcp_loose", "net.netfilter.nf_conntrack_tcp_loose", true),
+    (
+        "tcp_be_liberal",
+        "net.netfilter.nf_conntrack_tcp_be_liberal",
+        true,
+    ),
+];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Protocol {

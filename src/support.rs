@@ -12,12 +12,6 @@ pub fn not_yet_supported(model: &Model) -> Vec<String> {
     if !model.egress.is_empty() {
         out.push("[[egress]] is not applied yet: no egress SNAT rules are installed".into());
     }
-    if model.conntrack != Default::default() || !model.sysctl.is_empty() {
-        out.push(
-            "[conntrack] and [sysctl] are not applied yet: natlb leaves the kernel's values alone"
-                .into(),
-        );
-    }
     out
 }
 
@@ -35,8 +29,8 @@ mod tests {
              [[service.backend]]\naddress = \"192.0.2.1\"\n",
         )
         .unwrap();
-        // Every service feature is supported (persistence too); the egress and kernel
-        // tuning sections are not yet.
+        // Every service feature is supported (persistence too), and the kernel's knobs; the
+        // egress section is not yet.
         assert!(not_yet_supported(&m).is_empty());
     }
 }

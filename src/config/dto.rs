@@ -52,8 +52,15 @@ pub(super) struct ConntrackDto {
     pub buckets: Option<Spanned<i64>>,
     pub tcp_timeout_established: Option<Spanned<i64>>,
     pub tcp_timeout_time_wait: Option<Spanned<i64>>,
+    pub tcp_timeout_close_wait: Option<Spanned<i64>>,
     pub udp_timeout: Option<Spanned<i64>>,
     pub udp_timeout_stream: Option<Spanned<i64>>,
+    pub icmp_timeout: Option<Spanned<i64>>,
+    pub generic_timeout: Option<Spanned<i64>>,
+    pub tcp_loose: Option<bool>,
+    pub tcp_be_liberal: Option<bool>,
+    pub warn_percent: Option<Spanned<i64>>,
+    pub check_interval: Option<Spanned<DurationText>>,
 }
 
 /// Required keys are `Option` too: validation reports a missing one with a message that says

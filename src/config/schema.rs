@@ -64,8 +64,15 @@ static CONNTRACK: Table = Table {
         ("buckets", Shape::Value),
         ("tcp_timeout_established", Shape::Value),
         ("tcp_timeout_time_wait", Shape::Value),
+        ("tcp_timeout_close_wait", Shape::Value),
         ("udp_timeout", Shape::Value),
         ("udp_timeout_stream", Shape::Value),
+        ("icmp_timeout", Shape::Value),
+        ("generic_timeout", Shape::Value),
+        ("tcp_loose", Shape::Value),
+        ("tcp_be_liberal", Shape::Value),
+        ("warn_percent", Shape::Value),
+        ("check_interval", Shape::Value),
     ],
 };
 

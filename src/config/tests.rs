@@ -109,12 +109,15 @@ fn spec_example_parses_to_the_expected_model() {
             sticky_read_wait: Duration::from_millis(3),
         },
         conntrack: Conntrack {
-            max: Some(524288),
-            buckets: Some(131072),
-            tcp_timeout_established: Some(3600),
-            tcp_timeout_time_wait: Some(30),
-            udp_timeout: Some(30),
-            udp_timeout_stream: Some(120),
+            knobs: BTreeMap::from([
+                ("max", 524288),
+                ("buckets", 131072),
+                ("tcp_timeout_established", 3600),
+                ("tcp_timeout_time_wait", 30),
+                ("udp_timeout", 30),
+                ("udp_timeout_stream", 120),
+            ]),
+            ..Conntrack::default()
         },
         sysctl: BTreeMap::from([("net.ipv4.ip_forward".to_owned(), 1)]),
         services: vec![Service {
@@ -469,6 +472,42 @@ metrics = "127.0.0.1"
     let long_table = format!("[daemon]\ntable = \"{}\"\n", "t".repeat(65));
     assert!(error(&long_table).starts_with("t.toml:2:9: table name"));
     ok("[daemon]\ntable = \"my_table-2\"\nmetrics = \"[::1]:9469\"\nkeep_rules_on_exit = false\n");
+}
+
+#[test]
+fn conntrack_booleans_percent_and_interval() {
+    let m = ok(
+        "[conntrack]\ntcp_loose = false\ntcp_be_liberal = true\nicmp_timeout = 10\n\
+         warn_percent = 90\ncheck_interval = \"2s\"\n",
+    );
+    assert_eq!(
+        m.conntrack,
+        Conntrack {
+            knobs: BTreeMap::from([
+                ("tcp_loose", 0),
+                ("tcp_be_liberal", 1),
+                ("icmp_timeout", 10)
+            ]),
+            warn_percent: 90,
+            check_interval: Duration::from_secs(2),
+        }
+    );
+    assert_eq!(
+        errors("[conntrack]\nwarn_percent = 0\n"),
+        [
+            "t.toml:2:16: conntrack warn_percent must be from 1 to 100 (a percentage of \
+          nf_conntrack_max), not 0"
+        ]
+    );
+    assert_eq!(
+        errors(
+            "[conntrack]\ntcp_loose = true\n[sysctl]\n\"net.netfilter.nf_conntrack_tcp_loose\" = 0\n"
+        ),
+        [
+            "t.toml:4:1: sysctl \"net.netfilter.nf_conntrack_tcp_loose\" is also set by \
+          `tcp_loose` in [conntrack]; set it in one place only"
+        ]
+    );
 }
 
 #[test]

@@ -9,7 +9,7 @@ use serde_spanned::Spanned;
 use super::super::addr::parse_socket_addr;
 use super::super::dto::{ConntrackDto, DaemonDto};
 use super::super::error::Diagnostics;
-use crate::model::{Conntrack, Daemon};
+use crate::model::{CONNTRACK_KNOBS, Conntrack, Daemon};
 
 const DEFAULT_TABLE: &str = "natlb";
 const DEFAULT_CONTROL_SOCKET: &str = "/run/natlb/control.sock";
@@ -182,43 +182,47 @@ fn absolute_path(
     }
 }
 
-/// The `[conntrack]` keys with the sysctl each one sets, for the overlap check with `[sysctl]`.
-const CONNTRACK_SYSCTLS: [(&str, &str); 6] = [
-    ("max", "net.netfilter.nf_conntrack_max"),
-    ("buckets", "net.netfilter.nf_conntrack_buckets"),
-    (
-        "tcp_timeout_established",
-        "net.netfilter.nf_conntrack_tcp_timeout_established",
-    ),
-    (
-        "tcp_timeout_time_wait",
-        "net.netfilter.nf_conntrack_tcp_timeout_time_wait",
-    ),
-    ("udp_timeout", "net.netfilter.nf_conntrack_udp_timeout"),
-    (
-        "udp_timeout_stream",
-        "net.netfilter.nf_conntrack_udp_timeout_stream",
-    ),
-];
-
-fn conntrack_fields(dto: &ConntrackDto) -> [(&'static str, &Option<Spanned<i64>>); 6] {
+/// The integer `[conntrack]` keys with their values, in `CONNTRACK_KNOBS` order.
+fn conntrack_ints(dto: &ConntrackDto) -> [(&'static str, &Option<Spanned<i64>>); 9] {
     [
         ("max", &dto.max),
         ("buckets", &dto.buckets),
         ("tcp_timeout_established", &dto.tcp_timeout_established),
         ("tcp_timeout_time_wait", &dto.tcp_timeout_time_wait),
+        ("tcp_timeout_close_wait", &dto.tcp_timeout_close_wait),
         ("udp_timeout", &dto.udp_timeout),
         ("udp_timeout_stream", &dto.udp_timeout_stream),
+        ("icmp_timeout", &dto.icmp_timeout),
+        ("generic_timeout", &dto.generic_timeout),
     ]
+}
+
+fn conntrack_bools(dto: &ConntrackDto) -> [(&'static str, Option<bool>); 2] {
+    [
+        ("tcp_loose", dto.tcp_loose),
+        ("tcp_be_liberal", dto.tcp_be_liberal),
+    ]
+}
+
+/// Whether `[conntrack]` sets the knob under `key`.
+fn conntrack_sets(dto: &ConntrackDto, key: &str) -> bool {
+    conntrack_ints(dto)
+        .iter()
+        .any(|(k, v)| *k == key && v.is_some())
+        || conntrack_bools(dto)
+            .iter()
+            .any(|(k, v)| *k == key && v.is_some())
 }
 
 pub(super) fn conntrack(dto: &ConntrackDto, d: &mut Diagnostics<'_>) -> Option<Conntrack> {
     let mut ok = true;
-    let mut values = [None; 6];
-    for (slot, (key, value)) in values.iter_mut().zip(conntrack_fields(dto)) {
+    let mut out = Conntrack::default();
+    for (key, value) in conntrack_ints(dto) {
         let Some(value) = value else { continue };
         match u64::try_from(*value.get_ref()) {
-            Ok(v) if v > 0 => *slot = Some(v),
+            Ok(v) if v > 0 => {
+                out.knobs.insert(key, v);
+            }
             _ => {
                 d.error(
                     value.span(),
@@ -232,22 +236,33 @@ pub(super) fn conntrack(dto: &ConntrackDto, d: &mut Diagnostics<'_>) -> Option<C
             }
         }
     }
-    let [
-        max,
-        buckets,
-        tcp_timeout_established,
-        tcp_timeout_time_wait,
-        udp_timeout,
-        udp_timeout_stream,
-    ] = values;
-    ok.then_some(Conntrack {
-        max,
-        buckets,
-        tcp_timeout_established,
-        tcp_timeout_time_wait,
-        udp_timeout,
-        udp_timeout_stream,
-    })
+    for (key, value) in conntrack_bools(dto) {
+        if let Some(v) = value {
+            out.knobs.insert(key, u64::from(v));
+        }
+    }
+    if let Some(p) = &dto.warn_percent {
+        match u8::try_from(*p.get_ref()) {
+            Ok(v) if (1..=100).contains(&v) => out.warn_percent = v,
+            _ => {
+                d.error(
+                    p.span(),
+                    format!(
+                        "conntrack warn_percent must be from 1 to 100 (a percentage of \
+                         nf_conntrack_max), not {}",
+                        p.get_ref()
+                    ),
+                );
+                ok = false;
+            }
+        }
+    }
+    match super::duration(&dto.check_interval, "check_interval", d) {
+        Some(Some(v)) => out.check_interval = v,
+        Some(None) => {}
+        None => ok = false,
+    }
+    ok.then_some(out)
 }
 
 pub(super) fn sysctl(
@@ -265,11 +280,10 @@ pub(super) fn sysctl(
             continue;
         }
         // Two places setting one knob would race at startup; make the operator pick one.
-        let set_by_conntrack = CONNTRACK_SYSCTLS
+        let set_by_conntrack = CONNTRACK_KNOBS
             .iter()
-            .zip(conntrack_fields(conntrack))
-            .find(|((_, sysctl), (_, value))| sysctl == text && value.is_some());
-        if let Some(((key, _), _)) = set_by_conntrack {
+            .find(|(key, sysctl, _)| sysctl == text && conntrack_sets(conntrack, key));
+        if let Some((key, _, _)) = set_by_conntrack {
             d.error(
                 name.span(),
                 format!(
