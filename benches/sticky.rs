@@ -138,6 +138,41 @@ fn p99(v: &[Duration]) -> f64 {
     ms(v[(v.len() * 99 / 100).min(v.len() - 1)])
 }
 
+/// Puts backend `k` of service `i` back (its slots, from the withdrawn state `after`) with its
+/// clients' sticky entries, for the next round.
+fn restore(
+    nft: &mut Nft,
+    table: &str,
+    svc: &Service,
+    after: &natlb::render::ruleset::Elements,
+    i: usize,
+    k: usize,
+    per_service: usize,
+) -> Result<(), String> {
+    let back: Vec<SetDelta> =
+        reconcile::diff_elements(after, &service_elements(svc, 0, |_, _| true));
+    let put_back = [SetDelta {
+        set: layout::sticky_map_name(natlb::render::ruleset::Family::V4),
+        remove: vec![],
+        add: (0..per_service)
+            .filter(|c| c % BACKENDS == k)
+            .map(|c| entry(i, c))
+            .collect(),
+    }];
+    nft.apply(&[
+        Change::Elements {
+            table,
+            deltas: &back,
+        },
+        Change::Elements {
+            table,
+            deltas: &put_back,
+        },
+    ])
+    .map(|_| ())
+    .map_err(|e| format!("restore: {e}"))
+}
+
 fn run(entries: usize, rounds: usize, rng: &mut Rng) -> Result<Row, String> {
     let ns = Netns::new("sticky");
     in_netns(&ns, || {
@@ -223,27 +258,7 @@ fn run(entries: usize, rounds: usize, rng: &mut Rng) -> Result<Row, String> {
             row.total.push(started.elapsed());
             row.forgot += stale.len();
             // Restore, with the forgotten clients back, for the next round.
-            let back: Vec<SetDelta> =
-                reconcile::diff_elements(&after, &service_elements(svc, 0, |_, _| true));
-            let put_back = [SetDelta {
-                set: sticky.clone(),
-                remove: vec![],
-                add: (0..per_service)
-                    .filter(|c| c % BACKENDS == k)
-                    .map(|c| entry(i, c))
-                    .collect(),
-            }];
-            nft.apply(&[
-                Change::Elements {
-                    table: &all_up.table,
-                    deltas: &back,
-                },
-                Change::Elements {
-                    table: &all_up.table,
-                    deltas: &put_back,
-                },
-            ])
-            .map_err(|e| format!("restore: {e}"))?;
+            restore(&mut nft, &all_up.table, svc, &after, i, k, per_service)?;
         }
         // The same withdrawals the way the daemon makes them: the read on the reader thread,
         // waited for up to READ_WAIT; past it, the withdrawal is committed and the entries
@@ -296,27 +311,7 @@ fn run(entries: usize, rounds: usize, rng: &mut Rng) -> Result<Row, String> {
                 .map_err(|e| format!("forget: {e}"))?;
             }
             row.daemon_gone.push(started.elapsed());
-            let back: Vec<SetDelta> =
-                reconcile::diff_elements(&after, &service_elements(svc, 0, |_, _| true));
-            let put_back = [SetDelta {
-                set: sticky.clone(),
-                remove: vec![],
-                add: (0..per_service)
-                    .filter(|c| c % BACKENDS == k)
-                    .map(|c| entry(i, c))
-                    .collect(),
-            }];
-            nft.apply(&[
-                Change::Elements {
-                    table: &all_up.table,
-                    deltas: &back,
-                },
-                Change::Elements {
-                    table: &all_up.table,
-                    deltas: &put_back,
-                },
-            ])
-            .map_err(|e| format!("restore: {e}"))?;
+            restore(&mut nft, &all_up.table, svc, &after, i, k, per_service)?;
         }
         Ok(row)
     })

@@ -91,6 +91,21 @@ fn entries_per_backend(g: &Gateway) -> HashMap<String, usize> {
     out
 }
 
+/// After `victim` was withdrawn: its clients reach another backend, everyone else the same.
+fn assert_only_its_clients_moved(
+    before: &BTreeMap<IpAddr, String>,
+    during: &BTreeMap<IpAddr, String>,
+    victim: &str,
+) {
+    for (c, id) in before {
+        if id == victim {
+            assert_ne!(&during[c], id, "client {c} still reaches the dead backend");
+        } else {
+            assert_eq!(&during[c], id, "client {c} moved though its backend is up");
+        }
+    }
+}
+
 fn backend_index(id: &str) -> usize {
     id.trim_start_matches("be").parse().unwrap()
 }
@@ -132,13 +147,7 @@ fn a_client_sticks_and_a_withdrawn_backends_clients_are_forgotten_in_the_same_ba
 
     // Its clients pick a backend that is up and stick to it; the others stay where they were.
     let during = mapping(&g, &clients, 4);
-    for (c, id) in &before {
-        if *id == victim {
-            assert_ne!(&during[c], id, "client {c} still reaches the dead backend");
-        } else {
-            assert_eq!(&during[c], id, "client {c} moved though its backend is up");
-        }
-    }
+    assert_only_its_clients_moved(&before, &during, &victim);
 
     // The backend comes back: no one is moved back to it (their sessions now live elsewhere).
     g.start_tcp(backend_index(&victim));
@@ -276,11 +285,5 @@ fn a_withdrawal_that_does_not_wait_for_the_read_forgets_the_entries_just_after()
         sticky(&g)
     );
     let during = mapping(&g, &clients, 3);
-    for (c, id) in &before {
-        if *id == victim {
-            assert_ne!(&during[c], id, "client {c} still reaches the dead backend");
-        } else {
-            assert_eq!(&during[c], id, "client {c} moved though its backend is up");
-        }
-    }
+    assert_only_its_clients_moved(&before, &during, &victim);
 }
