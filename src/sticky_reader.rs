@@ -127,7 +127,12 @@ mod tests {
         let first = r.ask("natlb_no_such_table", &spec);
         let got = r.answers(Some((first, Duration::from_secs(10))));
         assert!(got.iter().any(|a| a.seq == first), "{got:?}");
-        assert!(woken.try_recv().is_ok());
+        // The wake follows the answer: give it a moment.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while woken.try_recv().is_err() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        assert!(Instant::now() < deadline, "no wake-up for the answer");
         let seqs: Vec<u64> = (0..5)
             .map(|_| r.ask("natlb_no_such_table", &spec))
             .collect();
