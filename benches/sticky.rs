@@ -138,6 +138,27 @@ fn p99(v: &[Duration]) -> f64 {
     ms(v[(v.len() * 99 / 100).min(v.len() - 1)])
 }
 
+/// Commits a withdrawal's slot deltas with the deletion of its `stale` sticky entries (none:
+/// no message), in one batch.
+fn withdraw(
+    nft: &mut Nft,
+    table: &str,
+    deltas: &[SetDelta],
+    stale: &[Vec<Value>],
+) -> Result<(), String> {
+    let sticky = layout::sticky_map_name(natlb::render::ruleset::Family::V4);
+    nft.apply(&[
+        Change::Elements { table, deltas },
+        Change::Forget {
+            table,
+            set: &sticky,
+            keys: stale,
+        },
+    ])
+    .map(|_| ())
+    .map_err(|e| format!("withdraw: {e}"))
+}
+
 /// Puts backend `k` of service `i` back (its slots, from the withdrawn state `after`) with its
 /// clients' sticky entries, for the next round.
 fn restore(
@@ -242,18 +263,7 @@ fn run(entries: usize, rounds: usize, rng: &mut Rng) -> Result<Row, String> {
             }
             row.read.push(read_at.elapsed());
             let commit_at = Instant::now();
-            let mut changes = vec![Change::Elements {
-                table: &all_up.table,
-                deltas: &deltas,
-            }];
-            if !stale.is_empty() {
-                changes.push(Change::Forget {
-                    table: &all_up.table,
-                    set: &sticky,
-                    keys: &stale,
-                });
-            }
-            nft.apply(&changes).map_err(|e| format!("withdraw: {e}"))?;
+            withdraw(&mut nft, &all_up.table, &deltas, &stale)?;
             row.commit.push(commit_at.elapsed());
             row.total.push(started.elapsed());
             row.forgot += stale.len();
@@ -280,18 +290,7 @@ fn run(entries: usize, rounds: usize, rng: &mut Rng) -> Result<Row, String> {
                 Some(a) => sticky::stale(a.entries.as_ref().map_err(|e| e.clone())?, &eligible),
                 None => vec![],
             };
-            let mut changes = vec![Change::Elements {
-                table: &all_up.table,
-                deltas: &deltas,
-            }];
-            if !stale.is_empty() {
-                changes.push(Change::Forget {
-                    table: &all_up.table,
-                    set: &sticky,
-                    keys: &stale,
-                });
-            }
-            nft.apply(&changes).map_err(|e| format!("withdraw: {e}"))?;
+            withdraw(&mut nft, &all_up.table, &deltas, &stale)?;
             row.daemon_commit.push(started.elapsed());
             if answer.is_some() {
                 row.daemon_in_time += 1;

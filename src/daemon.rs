@@ -87,6 +87,16 @@ enum StickyRead {
     Late,
 }
 
+impl StickyRead {
+    /// The entries that go in the change's batch.
+    fn stale(&self) -> &[Vec<Value>] {
+        match self {
+            StickyRead::InTime(stale) => stale,
+            _ => &[],
+        }
+    }
+}
+
 fn warn_unsupported(model: &Model) {
     for w in crate::support::not_yet_supported(model) {
         warn!("{w}");
@@ -276,16 +286,14 @@ impl Daemon {
         wait: std::time::Duration,
         eligible: &Eligible<'_>,
     ) -> StickyRead {
-        if installed.set(&sticky_set()).is_none() {
+        let Some(spec) = installed.set(&sticky_set()) else {
             return StickyRead::NotNeeded;
-        }
+        };
         if wait.is_zero() {
             // Not even a glance: the read is asked for after the commit.
             return StickyRead::Late;
         }
-        let Some(seq) = ask_sticky(sticky, installed) else {
-            return StickyRead::NotNeeded;
-        };
+        let seq = sticky.ask(&installed.table, spec);
         let answers = sticky.answers(Some((seq, wait)));
         let in_time = answers.iter().any(|a| a.seq >= seq);
         let stale = stale_in(&answers, eligible);
@@ -633,22 +641,19 @@ impl Daemon {
         } else {
             StickyRead::NotNeeded
         };
-        let stale = match &read {
-            StickyRead::InTime(stale) => stale.clone(),
-            _ => vec![],
-        };
         let sticky = sticky_set();
-        let mut changes = vec![Change::Elements {
-            table: &table,
-            deltas,
-        }];
-        if !stale.is_empty() {
-            changes.push(Change::Forget {
+        // An empty Forget adds no message.
+        let changes = [
+            Change::Elements {
+                table: &table,
+                deltas,
+            },
+            Change::Forget {
                 table: &table,
                 set: &sticky,
-                keys: &stale,
-            });
-        }
+                keys: read.stale(),
+            },
+        ];
         match self.nft.apply(&changes) {
             Ok(stats) => {
                 reconcile::apply_deltas(&mut self.installed, deltas);
@@ -702,11 +707,7 @@ impl Daemon {
         } else {
             StickyRead::NotNeeded
         };
-        let stale = match &read {
-            StickyRead::InTime(stale) => stale.clone(),
-            _ => vec![],
-        };
-        match self.sync_for_reload(&want, &stale) {
+        match self.sync_for_reload(&want, read.stale()) {
             Ok(stats) => {
                 if let Some(stats) = stats {
                     info!(
