@@ -149,6 +149,7 @@ fn build_model(services: usize, backends: usize, scheduler: Scheduler) -> Model 
             metrics: None,
             keep_rules_on_exit: true,
             hash_seed: 0,
+            hairpin_mark: 0x0010_0000,
             least_conn_interval: Duration::from_secs(1),
             sticky_read_wait: Duration::from_millis(3),
         },

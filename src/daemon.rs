@@ -97,19 +97,14 @@ impl StickyRead {
     }
 }
 
-fn warn_unsupported(model: &Model) {
-    for w in crate::support::not_yet_supported(model) {
-        warn!("{w}");
-    }
-}
-
 fn summary(rs: &Ruleset, model: &Model) -> String {
     let backends: usize = model.services.iter().map(|s| s.backends.len()).sum();
     format!(
-        "{} service(s), {} backend(s), {} element(s)",
+        "{} service(s), {} backend(s), {} element(s), {} egress rule(s)",
         model.services.len(),
         backends,
-        rs.element_count()
+        rs.element_count(),
+        rs.egress.len()
     )
 }
 
@@ -144,8 +139,11 @@ fn sync_table(
         Plan::Replace { reason } => {
             info!(table = %want.table, "installing the whole table: {reason}")
         }
-        Plan::Deltas(d) => {
-            info!(table = %want.table, sets = d.len(), "adopted the installed table; applying the differences")
+        Plan::Deltas { deltas, .. } if deltas.is_empty() => {
+            info!(table = %want.table, egress_rules = want.egress.len(), "adopted the installed table: its sets are as configured; writing the egress rules again")
+        }
+        Plan::Deltas { deltas, .. } => {
+            info!(table = %want.table, sets = deltas.len(), egress_rules = want.egress.len(), "adopted the installed table; applying the differences and writing the egress rules again")
         }
     }
     let mut old = None;
@@ -201,7 +199,6 @@ impl Daemon {
         sticky_answered: mpsc::UnboundedSender<()>,
     ) -> Result<Daemon, DaemonError> {
         let model = config::load(config_path)?;
-        warn_unsupported(&model);
         apply_kernel_knobs(&model, "start");
         let saved = health::store::load(&model.daemon.state_dir).unwrap_or_else(|e| {
             warn!(
@@ -691,7 +688,6 @@ impl Daemon {
                 return;
             }
         };
-        warn_unsupported(&model);
         // A copy: if the reload fails, the old states stay in force with the old model.
         let mut board = self.board.clone();
         board.retain(&model);

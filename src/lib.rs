@@ -18,5 +18,4 @@ pub mod render;
 pub mod state_dir;
 pub mod sticky;
 pub mod sticky_reader;
-pub mod support;
 pub mod sysctl;

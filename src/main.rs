@@ -51,15 +51,13 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Check { config } => match natlb::config::load(&config) {
             Ok(model) => {
-                for w in natlb::support::not_yet_supported(&model) {
-                    eprintln!("{}: warning: {w}", config.display());
-                }
                 let backends: usize = model.services.iter().map(|s| s.backends.len()).sum();
                 println!(
-                    "{}: ok ({} service(s), {} backend(s), table inet {})",
+                    "{}: ok ({} service(s), {} backend(s), {} egress rule(s), table inet {})",
                     config.display(),
                     model.services.len(),
                     backends,
+                    model.egress.len(),
                     model.daemon.table
                 );
                 ExitCode::SUCCESS
@@ -71,9 +69,6 @@ fn main() -> ExitCode {
         },
         Command::Render { config } => match natlb::config::load(&config) {
             Ok(model) => {
-                for w in natlb::support::not_yet_supported(&model) {
-                    eprintln!("{}: warning: {w}", config.display());
-                }
                 let rs = natlb::render::render(&model, |_, _| true);
                 print!("{}", natlb::render::script::to_script(&rs));
                 ExitCode::SUCCESS

@@ -31,6 +31,10 @@ pub struct Daemon {
     /// Seed of the `source-hash` scheduler's hash: gateways with the same seed (and config)
     /// send a client to the same backend.
     pub hash_seed: u32,
+    /// The packet-mark bit(s) that flag a hairpin connection (a client on the network of the
+    /// backend it is sent to) between DNAT and SNAT; such connections are masqueraded so the
+    /// backend answers through the gateway.
+    pub hairpin_mark: u32,
     /// How often `least-conn` services are re-weighted from conntrack's counts.
     pub least_conn_interval: Duration,
     /// How long a withdrawal waits for the read of the sticky map, to delete the withdrawn
@@ -266,19 +270,51 @@ pub struct Backend {
     pub health_port: Option<u16>,
 }
 
+/// Source NAT for traffic of internal networks leaving the gateway (`[[egress]]`). natlb
+/// renders each egress as a few rules of the `egress` chain (`render::egress`).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Egress {
     pub name: String,
     pub source: Vec<IpNet>,
+    /// Only traffic to these prefixes is translated; empty: traffic to anywhere.
+    pub destination: Vec<IpNet>,
+    /// Traffic to these prefixes leaves untranslated, even when `destination` covers it.
+    pub exclude_destination: Vec<IpNet>,
+    /// An interface name, or a prefix of names ending in `*` (`eth*`).
     pub out_interface: String,
     pub snat: EgressSnat,
+    /// The source ports TCP and UDP connections may be given (first, last).
+    pub ports: Option<(u16, u16)>,
+    /// A client keeps one address of a range for all its connections.
+    pub persistent: bool,
+    /// Source ports are picked at random, not kept or searched from the original one.
+    pub fully_random: bool,
 }
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum EgressSnat {
+    /// The address of the interface the packet leaves by.
     Masquerade,
-    /// Addresses or ranges (`a-b`) to spread sources across.
-    To(Vec<String>),
+    /// Addresses or ranges: each takes an equal share of the clients (by a hash of the client
+    /// address), and a range spreads its share across its addresses.
+    To(Vec<AddrRange>),
+}
+
+/// An inclusive range of addresses of one family; `first == last` for a single address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AddrRange {
+    pub first: IpAddr,
+    pub last: IpAddr,
+}
+
+impl std::fmt::Display for AddrRange {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.first == self.last {
+            write!(f, "{}", self.first)
+        } else {
+            write!(f, "{}-{}", self.first, self.last)
+        }
+    }
 }
 
 /// An address prefix (`10.0.0.0/16`, `fd00::/8`).
@@ -286,6 +322,12 @@ pub enum EgressSnat {
 pub struct IpNet {
     pub addr: IpAddr,
     pub prefix: u8,
+}
+
+impl std::fmt::Display for IpNet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.addr, self.prefix)
+    }
 }
 
 /// The largest weight a backend may have; keeps slot arithmetic in `u32` without overflow.

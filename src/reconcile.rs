@@ -13,8 +13,9 @@ pub enum Plan {
     Nothing,
     /// Replace the whole table in one batch (no table yet, or one natlb cannot adopt).
     Replace { reason: String },
-    /// Element deltas only: the cost grows with what changed.
-    Deltas(Vec<SetDelta>),
+    /// Element deltas, and the egress chain rewritten if `egress`: the cost grows with what
+    /// changed.
+    Deltas { deltas: Vec<SetDelta>, egress: bool },
     /// Touch nothing: the table under natlb's name is not natlb's.
     Refuse { reason: String },
 }
@@ -39,10 +40,15 @@ impl Plan {
                 out.push(Change::DropTable(&desired.table));
                 out.push(Change::CreateTable(desired));
             }
-            Plan::Deltas(d) => out.push(Change::Elements {
-                table: &desired.table,
-                deltas: d,
-            }),
+            Plan::Deltas { deltas, egress } => {
+                if *egress {
+                    out.push(Change::Egress(desired));
+                }
+                out.push(Change::Elements {
+                    table: &desired.table,
+                    deltas,
+                })
+            }
         }
         out
     }
@@ -65,7 +71,19 @@ pub fn adopt(installed: &Installed, desired: &Ruleset) -> Plan {
         Installed::Foreign { reason } => Plan::Replace {
             reason: format!("table inet {} cannot be adopted: {reason}", desired.table),
         },
-        Installed::Ours(current) => plan(current, desired),
+        // natlb reads back the shapes of the installed rules, not their constants: the egress
+        // rules could be anything, so they are written again.
+        Installed::Ours(current) => match plan(current, desired) {
+            Plan::Nothing => Plan::Deltas {
+                deltas: vec![],
+                egress: true,
+            },
+            Plan::Deltas { deltas, .. } => Plan::Deltas {
+                deltas,
+                egress: true,
+            },
+            other => other,
+        },
     }
 }
 
@@ -85,10 +103,11 @@ pub fn plan(current: &Ruleset, desired: &Ruleset) -> Plan {
         };
     }
     let deltas = diff(current, desired);
-    if deltas.is_empty() {
+    let egress = current.egress != desired.egress;
+    if deltas.is_empty() && !egress {
         Plan::Nothing
     } else {
-        Plan::Deltas(deltas)
+        Plan::Deltas { deltas, egress }
     }
 }
 
@@ -157,8 +176,10 @@ mod tests {
             table: "natlb".into(),
             comment: "c".into(),
             hash_seed: 0,
+            hairpin_mark: 1,
             sets: crate::render::layout::sets(),
             chains: vec![],
+            egress: vec![],
             elements: Default::default(),
         };
         for (set, k, comment) in elements {
@@ -192,9 +213,10 @@ mod tests {
             ("slots4", 3, "c"),
             ("svc4_mod2", 7, "x"),
         ]);
-        let Plan::Deltas(d) = plan(&a, &b) else {
+        let Plan::Deltas { deltas: d, egress } = plan(&a, &b) else {
             panic!()
         };
+        assert!(!egress);
         assert_eq!(d.len(), 1);
         assert_eq!(d[0].set, "slots4");
         assert_eq!(d[0].remove, vec![vec![Value::Int(2)]]);

@@ -39,6 +39,7 @@ pub(super) struct DaemonDto {
     pub metrics: Option<Spanned<String>>,
     pub keep_rules_on_exit: Option<bool>,
     pub hash_seed: Option<Spanned<i64>>,
+    pub hairpin_mark: Option<Spanned<i64>>,
     pub least_conn_interval: Option<Spanned<DurationText>>,
     pub sticky_read_wait: Option<Spanned<DurationText>>,
 }
@@ -112,8 +113,13 @@ pub(super) struct BackendDto {
 pub(super) struct EgressDto {
     pub name: Option<Spanned<String>>,
     pub source: Option<Spanned<Vec<Spanned<String>>>>,
+    pub destination: Option<Spanned<Vec<Spanned<String>>>>,
+    pub exclude_destination: Option<Spanned<Vec<Spanned<String>>>>,
     pub out_interface: Option<Spanned<String>>,
     pub snat: Option<Spanned<EgressSnatDto>>,
+    pub ports: Option<Spanned<String>>,
+    pub persistent: Option<Spanned<bool>>,
+    pub fully_random: Option<bool>,
 }
 
 /// `snat` of an egress rule: one string (`"masquerade"`, or a single address or range) or a list

@@ -52,6 +52,7 @@ static DAEMON: Table = Table {
         ("metrics", Shape::Value),
         ("keep_rules_on_exit", Shape::Value),
         ("hash_seed", Shape::Value),
+        ("hairpin_mark", Shape::Value),
         ("least_conn_interval", Shape::Value),
         ("sticky_read_wait", Shape::Value),
     ],
@@ -125,8 +126,13 @@ static EGRESS: Table = Table {
     keys: &[
         ("name", Shape::Value),
         ("source", Shape::Value),
+        ("destination", Shape::Value),
+        ("exclude_destination", Shape::Value),
         ("out_interface", Shape::Value),
         ("snat", Shape::Value),
+        ("ports", Shape::Value),
+        ("persistent", Shape::Value),
+        ("fully_random", Shape::Value),
     ],
 };
 
@@ -299,7 +305,7 @@ adress = "1.2.3.4"
             errors(text),
             [
                 "f.toml:2:1: unknown key `tabel` in [daemon]; did you mean `table`? (valid keys: \
-                 table, control_socket, state_dir, metrics, keep_rules_on_exit, hash_seed, least_conn_interval, sticky_read_wait)",
+                 table, control_socket, state_dir, metrics, keep_rules_on_exit, hash_seed, hairpin_mark, least_conn_interval, sticky_read_wait)",
                 "f.toml:5:1: unknown key `protcol` in [[service]]; did you mean `protocol`? \
                  (valid keys: name, listen, protocol, scheduler, hash, persistence, snat, \
                  on_all_down, on_backend_down, health, backend)",

@@ -105,6 +105,7 @@ fn spec_example_parses_to_the_expected_model() {
             metrics: Some(sa("127.0.0.1:9469")),
             keep_rules_on_exit: true,
             hash_seed: 0,
+            hairpin_mark: 0x0010_0000,
             least_conn_interval: Duration::from_secs(1),
             sticky_read_wait: Duration::from_millis(3),
         },
@@ -167,8 +168,13 @@ fn spec_example_parses_to_the_expected_model() {
                 addr: ip("10.0.0.0"),
                 prefix: 16,
             }],
+            destination: vec![],
+            exclude_destination: vec![],
             out_interface: "eth0".into(),
             snat: EgressSnat::Masquerade,
+            ports: None,
+            persistent: false,
+            fully_random: false,
         }],
     };
     assert_eq!(ok(SPEC_EXAMPLE), expected);
@@ -186,6 +192,7 @@ fn empty_file_is_all_defaults() {
             metrics: None,
             keep_rules_on_exit: true,
             hash_seed: 0,
+            hairpin_mark: 0x0010_0000,
             least_conn_interval: Duration::from_secs(1),
             sticky_read_wait: Duration::from_millis(3),
         }
@@ -358,8 +365,13 @@ fn egress_snat_lists_and_dual_stack() {
 [[egress]]
 name = "lan"
 source = ["10.0.0.0/16", "10.1.0.5", "fd00::/8"]
+destination = ["0.0.0.0/0", "2000::/3"]
+exclude_destination = ["10.0.0.0/8"]
 out_interface = "wan0"
 snat = ["203.0.113.5", "203.0.113.10 - 203.0.113.20", "2001:db8::5"]
+ports = "1024-65535"
+persistent = true
+fully_random = true
 
 [[egress]]
 name = "dmz"
@@ -390,17 +402,51 @@ out_interface = "eth1"
                     prefix: 8
                 },
             ],
+            destination: vec![
+                IpNet {
+                    addr: ip("0.0.0.0"),
+                    prefix: 0
+                },
+                IpNet {
+                    addr: ip("2000::"),
+                    prefix: 3
+                },
+            ],
+            exclude_destination: vec![IpNet {
+                addr: ip("10.0.0.0"),
+                prefix: 8
+            }],
             out_interface: "wan0".into(),
-            // Canonical spelling: no spaces around the dash.
             snat: EgressSnat::To(vec![
-                "203.0.113.5".into(),
-                "203.0.113.10-203.0.113.20".into(),
-                "2001:db8::5".into(),
+                range("203.0.113.5", "203.0.113.5"),
+                range("203.0.113.10", "203.0.113.20"),
+                range("2001:db8::5", "2001:db8::5"),
             ]),
+            ports: Some((1024, 65535)),
+            persistent: true,
+            fully_random: true,
         }
     );
-    assert_eq!(m.egress[1].snat, EgressSnat::To(vec!["203.0.113.7".into()]));
+    assert_eq!(
+        m.egress[1].snat,
+        EgressSnat::To(vec![range("203.0.113.7", "203.0.113.7")])
+    );
     assert_eq!(m.egress[2].snat, EgressSnat::Masquerade);
+    assert_eq!(
+        (
+            m.egress[2].ports,
+            m.egress[2].persistent,
+            m.egress[2].fully_random
+        ),
+        (None, false, false)
+    );
+}
+
+fn range(first: &str, last: &str) -> AddrRange {
+    AddrRange {
+        first: ip(first),
+        last: ip(last),
+    }
 }
 
 // ---- syntax and type errors ----
@@ -1485,6 +1531,56 @@ snat = ["2001:db8::1"]
     );
 }
 
+#[test]
+fn egress_destinations_ports_and_flags() {
+    let text = r#"[[egress]]
+name = "a"
+source = ["10.0.0.0/8", "fd00::/8"]
+destination = ["198.51.100.0/24"]
+out_interface = "eth*0"
+ports = "65535-1024"
+
+[[egress]]
+name = "b"
+source = ["10.0.0.0/8"]
+exclude_destination = ["10.0.0.0/8", "fd00::/8"]
+out_interface = "eth0"
+ports = "0-100"
+
+[[egress]]
+name = "c"
+source = ["10.0.0.0/8"]
+destination = []
+out_interface = "eth0"
+snat = "masquerade"
+persistent = true
+ports = "http"
+"#;
+    assert_eq!(
+        errors(text),
+        [
+            "t.toml:4:15: egress `a` has IPv6 source fd00::/8 but no IPv6 destination, so its \
+             IPv6 traffic would never be translated; add an IPv6 destination (e.g. \"::/0\") or \
+             remove the source",
+            "t.toml:5:17: out_interface \"eth*0\" has a `*` before its end; `*` may only end a \
+             name, matching every interface whose name starts with what comes before it",
+            "t.toml:6:9: ports \"65535-1024\" runs backwards; write the lower port first: \
+             \"1024-65535\"",
+            "t.toml:11:38: exclude_destination fd00::/8 is IPv6 but egress `b` has no IPv6 \
+             source; it would exclude nothing, remove it",
+            "t.toml:13:9: ports \"0-100\" is not a port range; write first-last with ports from \
+             1 to 65535, e.g. \"1024-65535\"",
+            "t.toml:18:15: egress `c` has an empty destination list; list the prefixes to NAT \
+             traffic to, or remove the key for all",
+            "t.toml:21:14: egress `c` masquerades, which has one address, so `persistent` (keep \
+             a client on one address of a range) means nothing; remove it, or list addresses in \
+             snat",
+            "t.toml:22:9: ports \"http\" is not a port range; write first-last with ports from \
+             1 to 65535, e.g. \"1024-65535\"",
+        ]
+    );
+}
+
 // ---- many errors at once ----
 
 #[test]
@@ -1511,7 +1607,7 @@ snat = "masquerade"
         errors(text),
         [
             "t.toml:2:1: unknown key `tabel` in [daemon]; did you mean `table`? (valid keys: \
-             table, control_socket, state_dir, metrics, keep_rules_on_exit, hash_seed, least_conn_interval, sticky_read_wait)",
+             table, control_socket, state_dir, metrics, keep_rules_on_exit, hash_seed, hairpin_mark, least_conn_interval, sticky_read_wait)",
             "t.toml:7:1: unknown key `protcol` in [[service]]; did you mean `protocol`? (valid \
              keys: name, listen, protocol, scheduler, hash, persistence, snat, on_all_down, \
              on_backend_down, health, backend)",

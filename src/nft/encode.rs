@@ -379,7 +379,8 @@ impl Drop for SetMsg {
     }
 }
 
-/// `NEWRULE` appending a rule to a chain.
+/// `NEWRULE` appending a rule to a chain; or, sent as `MsgType::Del` after [`RuleMsg::flush`],
+/// `DELRULE` naming only the chain: the kernel deletes every rule of the chain.
 pub struct RuleMsg {
     rule: NonNull<sys::nftnl_rule>,
 }
@@ -417,14 +418,23 @@ impl RuleMsg {
             RuleMsg { rule: r }
         }
     }
+
+    /// The message that empties `chain`, when sent as `MsgType::Del`.
+    pub fn flush(table: &str, chain: &str) -> RuleMsg {
+        RuleMsg::new(table, chain, &[], "", |_| 0)
+    }
 }
 
 // SAFETY: one bounded message.
 unsafe impl NlMsg for RuleMsg {
-    unsafe fn write(&self, buf: *mut c_void, seq: u32, _: MsgType) {
+    unsafe fn write(&self, buf: *mut c_void, seq: u32, msg_type: MsgType) {
+        let (ty, flags) = match msg_type {
+            MsgType::Add => (libc::NFT_MSG_NEWRULE as u32, CREATE | APPEND),
+            MsgType::Del => (libc::NFT_MSG_DELRULE as u32, 0),
+        };
         // SAFETY: buf has room (trait contract); the rule is live.
         unsafe {
-            let nlh = header(buf, libc::NFT_MSG_NEWRULE as u32, CREATE | APPEND, seq);
+            let nlh = header(buf, ty, flags, seq);
             sys::nftnl_rule_nlmsg_build_payload(nlh, self.rule.as_ptr());
         }
     }
@@ -651,7 +661,10 @@ fn build_expr(e: &Expr, set_id: &impl Fn(&str) -> u32) -> NonNull<sys::nftnl_exp
                 kind,
                 family,
                 addr_reg,
+                addr_max_reg,
                 proto_reg,
+                proto_max_reg,
+                flags,
             } => {
                 let x = expr_alloc(c"nat");
                 let ty = match kind {
@@ -669,12 +682,65 @@ fn build_expr(e: &Expr, set_id: &impl Fn(&str) -> u32) -> NonNull<sys::nftnl_exp
                     sys::NFTNL_EXPR_NAT_REG_ADDR_MIN as u16,
                     *addr_reg,
                 );
-                if let Some(p) = proto_reg {
-                    set_u32(x.as_ptr(), sys::NFTNL_EXPR_NAT_REG_PROTO_MIN as u16, *p);
+                let optional = [
+                    (sys::NFTNL_EXPR_NAT_REG_ADDR_MAX, *addr_max_reg),
+                    (sys::NFTNL_EXPR_NAT_REG_PROTO_MIN, *proto_reg),
+                    (sys::NFTNL_EXPR_NAT_REG_PROTO_MAX, *proto_max_reg),
+                    (sys::NFTNL_EXPR_NAT_FLAGS, Some(*flags).filter(|&f| f != 0)),
+                ];
+                for (attr, value) in optional {
+                    if let Some(v) = value {
+                        set_u32(x.as_ptr(), attr as u16, v);
+                    }
                 }
                 x
             }
-            Expr::Masquerade => expr_alloc(c"masq"),
+            Expr::Masquerade {
+                proto_min_reg,
+                proto_max_reg,
+                flags,
+            } => {
+                let x = expr_alloc(c"masq");
+                let optional = [
+                    (sys::NFTNL_EXPR_MASQ_REG_PROTO_MIN, *proto_min_reg),
+                    (sys::NFTNL_EXPR_MASQ_REG_PROTO_MAX, *proto_max_reg),
+                    (sys::NFTNL_EXPR_MASQ_FLAGS, Some(*flags).filter(|&f| f != 0)),
+                ];
+                for (attr, value) in optional {
+                    if let Some(v) = value {
+                        set_u32(x.as_ptr(), attr as u16, v);
+                    }
+                }
+                x
+            }
+            Expr::Immediate { dreg, data } => {
+                let x = expr_alloc(c"immediate");
+                set_u32(x.as_ptr(), sys::NFTNL_EXPR_IMM_DREG as u16, *dreg);
+                set_data(
+                    x.as_ptr(),
+                    sys::NFTNL_EXPR_IMM_DATA as u16,
+                    data.as_ptr().cast(),
+                    data.len() as u32,
+                );
+                x
+            }
+            Expr::Fib {
+                flags,
+                result,
+                dreg,
+            } => {
+                let x = expr_alloc(c"fib");
+                set_u32(x.as_ptr(), sys::NFTNL_EXPR_FIB_FLAGS as u16, *flags);
+                set_u32(x.as_ptr(), sys::NFTNL_EXPR_FIB_RESULT as u16, *result);
+                set_u32(x.as_ptr(), sys::NFTNL_EXPR_FIB_DREG as u16, *dreg);
+                x
+            }
+            Expr::MetaSet { key, sreg } => {
+                let x = expr_alloc(c"meta");
+                set_u32(x.as_ptr(), sys::NFTNL_EXPR_META_KEY as u16, *key);
+                set_u32(x.as_ptr(), sys::NFTNL_EXPR_META_SREG as u16, *sreg);
+                x
+            }
             Expr::Reject { tcp_reset, family } => {
                 let x = expr_alloc(c"reject");
                 let (ty, code) = match (tcp_reset, family) {

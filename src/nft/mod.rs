@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use nftnl::MsgType;
 
+use crate::render::egress;
 use crate::render::ruleset::{Entry, Ruleset, SetSpec, Value, concat_len, decode_values};
 use encode::{ChainMsg, RuleMsg, SetMsg, TableMsg};
 pub use error::{KernelError, NftError};
@@ -40,6 +41,8 @@ pub enum Change<'a> {
         table: &'a str,
         deltas: &'a [SetDelta],
     },
+    /// Replaces the rules of the egress chain with the fixed ones and `desired.egress`.
+    Egress(&'a Ruleset),
     /// Deletes elements the kernel filled (sticky entries), if they still exist: an entry can
     /// time out between natlb reading it and the commit.
     Forget {
@@ -115,6 +118,15 @@ impl Nft {
                     b.push(&t, MsgType::Del, format!("deleting table inet {name}"));
                 }
                 Change::CreateTable(rs) => create_table(&mut b, rs),
+                Change::Egress(rs) => {
+                    let chain = egress::CHAIN;
+                    b.push(
+                        &RuleMsg::flush(&rs.table, chain),
+                        MsgType::Del,
+                        format!("emptying chain {chain}"),
+                    );
+                    add_rules(&mut b, rs, chain, |_| 0);
+                }
                 Change::Forget { table, set, keys } => {
                     for (msg, n) in SetMsg::del_elements(table, set, keys, true) {
                         b.push(
@@ -267,10 +279,14 @@ impl Nft {
         if sets.len() != layout.sets.len() {
             return Ok(Some("it has sets natlb does not declare".into()));
         }
-        let rules = dump::rule_shapes(&mut self.sock, &layout.table)?;
+        // The egress chain holds the config's egress rules after its fixed ones; adoption rewrites
+        // it whole, so its installed rules need not match.
+        let mut rules = dump::rule_shapes(&mut self.sock, &layout.table)?;
+        rules.retain(|(chain, _)| chain != egress::CHAIN);
         let want: Vec<dump::RuleShape> = layout
             .chains
             .iter()
+            .filter(|c| c.name != egress::CHAIN)
             .flat_map(|c| {
                 c.rules.iter().map(|r| {
                     (
@@ -372,13 +388,7 @@ fn create_table(b: &mut batch::Batch, rs: &Ruleset) {
             MsgType::Add,
             format!("creating chain {}", c.name),
         );
-        for (i, r) in c.rules.iter().enumerate() {
-            b.push(
-                &RuleMsg::new(table, &c.name, &r.exprs, &r.comment, set_id),
-                MsgType::Add,
-                format!("adding rule {} of chain {}", i + 1, c.name),
-            );
-        }
+        add_rules(b, rs, &c.name, set_id);
     }
     for (set, elements) in &rs.elements {
         let entries: Vec<_> = elements.iter().collect();
@@ -396,5 +406,26 @@ fn create_table(b: &mut batch::Batch, rs: &Ruleset) {
             );
             at += n;
         }
+    }
+}
+
+/// The rules of `chain`: the layout's, and for the egress chain the egress rules after them.
+fn add_rules(b: &mut batch::Batch, rs: &Ruleset, chain: &str, set_id: impl Fn(&str) -> u32) {
+    let fixed = rs
+        .chains
+        .iter()
+        .filter(|c| c.name == chain)
+        .flat_map(|c| c.rules.iter().cloned());
+    let egress = rs
+        .egress
+        .iter()
+        .filter(|_| chain == egress::CHAIN)
+        .map(|r| r.spec());
+    for (i, r) in fixed.chain(egress).enumerate() {
+        b.push(
+            &RuleMsg::new(&rs.table, chain, &r.exprs, &r.comment, &set_id),
+            MsgType::Add,
+            format!("adding rule {} of chain {chain}", i + 1),
+        );
     }
 }

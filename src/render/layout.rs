@@ -4,6 +4,7 @@
 //! objects as data for the netlink encoder. A test installs both and compares `nft list table`,
 //! so the two can never drift apart.
 
+use super::egress;
 use super::maglev;
 use super::ruleset::{
     BaseChain, ChainKind, ChainSpec, CmpOp, Expr, Family, Field, Hook, NatKind, RuleSpec, SetSpec,
@@ -403,8 +404,8 @@ pub fn sets() -> Vec<SetSpec> {
 }
 
 /// The chains, regular ones first: a `goto` needs its chain to exist. `seed` is the jhash seed
-/// of the source-hash rules.
-pub fn chains(seed: u32) -> Vec<ChainSpec> {
+/// of the source-hash rules, `hairpin_mark` the packet mark that flags hairpin connections.
+pub fn chains(seed: u32, hairpin_mark: u32) -> Vec<ChainSpec> {
     let mut out = Vec::new();
     for f in PERSISTENCE_FAMILIES {
         out.push(ChainSpec {
@@ -460,6 +461,7 @@ pub fn chains(seed: u32) -> Vec<ChainSpec> {
             }
         }
     }
+    snat_rules.push(hairpin_masquerade_rule(hairpin_mark));
     // Filter chains see every packet, so the common cases leave first: a packet of a known
     // connection (one `ct` load), then a new connection to anything but a VIP (one lookup).
     // A new connection just DNATed for a service with persistence goes to the remember chain
@@ -473,6 +475,9 @@ pub fn chains(seed: u32) -> Vec<ChainSpec> {
         .chain(FAMILIES.iter().map(|&f| not_a_vip_rule(f)))
         .chain(FAMILIES.iter().flat_map(|&f| all_down_rules(f)))
         .collect();
+    // Only prerouting knows the interface a packet came in by.
+    let mut down_prerouting = down_rules.clone();
+    down_prerouting.insert(1, hairpin_mark_rule(hairpin_mark));
     let base = |name: &str, kind, hook, priority, rules| ChainSpec {
         name: name.into(),
         base: Some(BaseChain {
@@ -509,7 +514,7 @@ pub fn chains(seed: u32) -> Vec<ChainSpec> {
             ChainKind::Filter,
             Hook::Prerouting,
             FILTER_AFTER_DNAT,
-            down_rules.clone(),
+            down_prerouting,
         ),
         base(
             "all_down_output",
@@ -517,6 +522,13 @@ pub fn chains(seed: u32) -> Vec<ChainSpec> {
             Hook::Output,
             FILTER_AFTER_DNAT,
             down_rules,
+        ),
+        base(
+            egress::CHAIN,
+            ChainKind::Nat,
+            Hook::Postrouting,
+            EGRESS_PRIORITY,
+            vec![dnatted_leaves_egress_rule()],
         ),
     ]);
     out
@@ -565,6 +577,120 @@ fn goto_rule(f: Family, p: Pick) -> RuleSpec {
 fn not_a_vip_rule(f: Family) -> RuleSpec {
     let mut e = vip_in(f, vips_set_name(f), true);
     e.push(Expr::Accept);
+    RuleSpec {
+        exprs: e,
+        comment: String::new(),
+    }
+}
+
+/// The egress chain runs just after the services' SNAT chain (`srcnat + 10`): the kernel stops
+/// at the first nat chain that translates a connection.
+const EGRESS_PRIORITY: i32 = libc::NF_IP_PRI_NAT_SRC + 10;
+
+/// `ct status dnat`: the connection was DNATed (to a backend, by natlb or anyone).
+fn dnatted() -> [Expr; 3] {
+    [
+        Expr::Ct {
+            key: libc::NFT_CT_STATUS as u32,
+            dir: None,
+            dreg: REG1,
+        },
+        Expr::Bitwise {
+            sreg: REG1,
+            dreg: REG1,
+            mask: IPS_DST_NAT.to_ne_bytes().to_vec(),
+            xor: vec![0; 4],
+        },
+        Expr::Cmp {
+            sreg: REG1,
+            op: CmpOp::Neq,
+            data: vec![0; 4],
+        },
+    ]
+}
+
+/// `ct status dnat accept`, first in the egress chain: a load-balanced connection keeps its
+/// service's `snat` policy, whatever egress rule its client and backend would match.
+fn dnatted_leaves_egress_rule() -> RuleSpec {
+    let mut e = dnatted().to_vec();
+    e.push(Expr::Accept);
+    RuleSpec {
+        exprs: e,
+        comment: String::new(),
+    }
+}
+
+/// `NFT_FIB_RESULT_OIF` (not in the libc crate).
+const FIB_RESULT_OIF: u32 = 1;
+
+/// `NFTA_FIB_F_DADDR | NFTA_FIB_F_IIF | NFTA_FIB_F_PRESENT` (not in the libc crate).
+const FIB_DADDR_IIF_PRESENT: u32 = 0x2 | 0x8 | 0x20;
+
+/// `ct status dnat fib daddr . iif oif exists meta mark set meta mark | MARK`: a new connection
+/// DNATed to a backend that is reached through the interface the client came in by: a client on
+/// the backend's own network. Without SNAT the backend would answer the client directly, from
+/// its own address, and the client would drop the answer; the mark asks postrouting to
+/// masquerade it.
+fn hairpin_mark_rule(mark: u32) -> RuleSpec {
+    let mut e = dnatted().to_vec();
+    e.extend([
+        Expr::Fib {
+            flags: FIB_DADDR_IIF_PRESENT,
+            result: FIB_RESULT_OIF,
+            dreg: REG1,
+        },
+        Expr::Cmp {
+            sreg: REG1,
+            op: CmpOp::Eq,
+            data: 1u32.to_ne_bytes().to_vec(),
+        },
+        Expr::Meta {
+            key: libc::NFT_META_MARK as u32,
+            dreg: REG1,
+        },
+        Expr::Bitwise {
+            sreg: REG1,
+            dreg: REG1,
+            mask: (!mark).to_ne_bytes().to_vec(),
+            xor: mark.to_ne_bytes().to_vec(),
+        },
+        Expr::MetaSet {
+            key: libc::NFT_META_MARK as u32,
+            sreg: REG1,
+        },
+    ]);
+    RuleSpec {
+        exprs: e,
+        comment: String::new(),
+    }
+}
+
+/// `meta mark & MARK == MARK ct status dnat masquerade`: the hairpin connections flagged in
+/// prerouting, after the services' own SNAT rules.
+fn hairpin_masquerade_rule(mark: u32) -> RuleSpec {
+    let mut e = vec![
+        Expr::Meta {
+            key: libc::NFT_META_MARK as u32,
+            dreg: REG1,
+        },
+        Expr::Bitwise {
+            sreg: REG1,
+            dreg: REG1,
+            mask: mark.to_ne_bytes().to_vec(),
+            xor: vec![0; 4],
+        },
+        Expr::Cmp {
+            sreg: REG1,
+            op: CmpOp::Eq,
+            data: mark.to_ne_bytes().to_vec(),
+        },
+    ];
+    e.extend(dnatted());
+    e.push(Expr::Masquerade {
+        proto_min_reg: None,
+        proto_max_reg: None,
+        flags: 0,
+    });
     RuleSpec {
         exprs: e,
         comment: String::new(),
@@ -768,7 +894,10 @@ fn dnat_to_map(f: Family, set: String) -> [Expr; 2] {
             kind: NatKind::Dnat,
             family: f,
             addr_reg: REG1,
+            addr_max_reg: None,
             proto_reg: Some(reg_at_word(REG1_WORD + f.addr_len() / 4)),
+            proto_max_reg: None,
+            flags: 0,
         },
     ]
 }
@@ -784,7 +913,11 @@ fn snat_rule(f: Family, p: Protocol, masquerade: bool) -> RuleSpec {
             dreg: None,
             invert: false,
         });
-        e.push(Expr::Masquerade);
+        e.push(Expr::Masquerade {
+            proto_min_reg: None,
+            proto_max_reg: None,
+            flags: 0,
+        });
     } else {
         e.push(Expr::Lookup {
             sreg: REG1,
@@ -796,7 +929,10 @@ fn snat_rule(f: Family, p: Protocol, masquerade: bool) -> RuleSpec {
             kind: NatKind::Snat,
             family: f,
             addr_reg: REG1,
+            addr_max_reg: None,
             proto_reg: None,
+            proto_max_reg: None,
+            flags: 0,
         });
     }
     RuleSpec {
@@ -809,27 +945,8 @@ fn snat_rule(f: Family, p: Protocol, masquerade: bool) -> RuleSpec {
 /// the service key of a DNATed connection loaded from `NFT_REG_1`. nft needs the protocol to
 /// read `ct original proto-dst`, hence one rule per protocol.
 fn dnatted_to_vip(f: Family, p: Protocol) -> Vec<Expr> {
-    let [load, cmp] = meta_is(libc::NFT_META_L4PROTO, p.number());
-    let mut e = vec![
-        load,
-        cmp,
-        Expr::Ct {
-            key: libc::NFT_CT_STATUS as u32,
-            dir: None,
-            dreg: REG1,
-        },
-        Expr::Bitwise {
-            sreg: REG1,
-            dreg: REG1,
-            mask: (IPS_DST_NAT).to_ne_bytes().to_vec(),
-            xor: vec![0; 4],
-        },
-        Expr::Cmp {
-            sreg: REG1,
-            op: CmpOp::Neq,
-            data: vec![0; 4],
-        },
-    ];
+    let mut e = meta_is(libc::NFT_META_L4PROTO, p.number()).to_vec();
+    e.extend(dnatted());
     load_vip_key(f, true, &mut e);
     e
 }
@@ -984,7 +1101,7 @@ mod tests {
     #[test]
     fn every_rule_names_a_declared_set() {
         let names: Vec<String> = sets().into_iter().map(|s| s.name).collect();
-        for c in chains(0) {
+        for c in chains(0, 1) {
             for r in c.rules {
                 for e in r.exprs {
                     if let Expr::Lookup { set, .. } = e {
@@ -997,7 +1114,7 @@ mod tests {
 
     #[test]
     fn template_declares_every_set_and_chain() {
-        let text = super::super::script::expand_template("natlb", "c", 0);
+        let text = super::super::script::expand_template("natlb", "c", 0, 1, &[]);
         for s in sets() {
             let kw = if s.is_map() { "map" } else { "set" };
             assert!(
@@ -1006,7 +1123,7 @@ mod tests {
                 s.name
             );
         }
-        for c in chains(0) {
+        for c in chains(0, 1) {
             assert!(
                 text.contains(&format!("\tchain {} {{", c.name)),
                 "{} missing from the template",

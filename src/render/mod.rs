@@ -1,6 +1,7 @@
 //! Render: a pure function from the desired state (and each backend's health) to the
 //! description of natlb's table. No I/O here; `nft` installs what this returns.
 
+pub mod egress;
 pub mod layout;
 pub mod maglev;
 pub mod ruleset;
@@ -28,8 +29,10 @@ pub fn render(model: &Model, is_up: impl Fn(&Service, &Backend) -> bool) -> Rule
         table: model.daemon.table.clone(),
         comment: layout::table_comment(seed),
         hash_seed: seed,
+        hairpin_mark: model.daemon.hairpin_mark,
         sets: layout::sets(),
-        chains: layout::chains(seed),
+        chains: layout::chains(seed, model.daemon.hairpin_mark),
+        egress: egress::rules(&model.egress, seed),
         elements,
     }
 }

@@ -263,13 +263,39 @@ pub enum Expr {
         /// `!= @set`: matches when the key is NOT in the set.
         invert: bool,
     },
+    /// `snat`/`dnat`: the address (and port) from registers; a range when the `_max` registers
+    /// are given. `flags` are `NF_NAT_RANGE_*` (`persistent`, `fully-random`, ports given).
     Nat {
         kind: NatKind,
         family: Family,
         addr_reg: u32,
+        addr_max_reg: Option<u32>,
         proto_reg: Option<u32>,
+        proto_max_reg: Option<u32>,
+        flags: u32,
     },
-    Masquerade,
+    /// `masquerade`, with a port range from registers (`to :P-Q`) and `NF_NAT_RANGE_*` flags.
+    Masquerade {
+        proto_min_reg: Option<u32>,
+        proto_max_reg: Option<u32>,
+        flags: u32,
+    },
+    /// Loads constant bytes into a register (the address and ports of an egress `snat`).
+    Immediate {
+        dreg: u32,
+        data: Vec<u8>,
+    },
+    /// `fib ...`: a route lookup; `flags` are `NFTA_FIB_F_*`, `result` an `NFT_FIB_RESULT_*`.
+    Fib {
+        flags: u32,
+        result: u32,
+        dreg: u32,
+    },
+    /// `meta KEY set <sreg>` (`meta mark set ...`).
+    MetaSet {
+        key: u32,
+        sreg: u32,
+    },
     /// `reject with tcp reset` (`tcp_reset`) or `reject with icmp(v6) port-unreachable`.
     Reject {
         tcp_reset: bool,
@@ -305,7 +331,10 @@ impl Expr {
             Expr::Numgen { .. } => "numgen",
             Expr::Lookup { .. } => "lookup",
             Expr::Nat { .. } => "nat",
-            Expr::Masquerade => "masq",
+            Expr::Masquerade { .. } => "masq",
+            Expr::Immediate { .. } => "immediate",
+            Expr::Fib { .. } => "fib",
+            Expr::MetaSet { .. } => "meta",
             Expr::Reject { .. } => "reject",
             Expr::Jhash { .. } => "hash",
             Expr::Accept | Expr::Drop | Expr::Goto(_) => "immediate",
@@ -382,8 +411,13 @@ pub struct Ruleset {
     pub comment: String,
     /// The source-hash rules' jhash seed (it is in `chains`; the script template needs it too).
     pub hash_seed: u32,
+    /// The packet mark of hairpin connections (it is in `chains`; the template needs it too).
+    pub hairpin_mark: u32,
     pub sets: Vec<SetSpec>,
     pub chains: Vec<ChainSpec>,
+    /// The `[[egress]]` rules: they follow the fixed rules of the egress chain, and unlike them
+    /// depend on the config (see `render::egress`).
+    pub egress: Vec<super::egress::EgressRule>,
     pub elements: Elements,
 }
 

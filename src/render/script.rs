@@ -23,7 +23,14 @@ pub fn to_script(rs: &Ruleset) -> String {
         rs.table,
         rs.table
     );
-    out.push_str(&expand_template(&rs.table, &rs.comment, rs.hash_seed));
+    let egress: Vec<String> = rs.egress.iter().map(|r| r.text()).collect();
+    out.push_str(&expand_template(
+        &rs.table,
+        &rs.comment,
+        rs.hash_seed,
+        rs.hairpin_mark,
+        &egress,
+    ));
     for (set, elements) in &rs.elements {
         let entries: Vec<_> = elements.iter().collect();
         for chunk in entries.chunks(ELEMENTS_PER_STATEMENT) {
@@ -50,8 +57,15 @@ pub fn to_script(rs: &Ruleset) -> String {
     out
 }
 
-/// The template with its placeholders filled: the table's declarations, sets and rules.
-pub fn expand_template(table: &str, comment: &str, seed: u32) -> String {
+/// The template with its placeholders filled: the table's declarations, sets and rules, with
+/// `egress` (rules in nft syntax) in place of `{egress}`.
+pub fn expand_template(
+    table: &str,
+    comment: &str,
+    seed: u32,
+    hairpin_mark: u32,
+    egress: &[String],
+) -> String {
     let mut out = String::new();
     // The template's opening comment explains the template (its placeholders) to its readers,
     // not the rendered script to the operator: skip it.
@@ -59,10 +73,19 @@ pub fn expand_template(table: &str, comment: &str, seed: u32) -> String {
         .lines()
         .skip_while(|l| l.starts_with('#') || l.trim().is_empty());
     for line in body {
+        if let Some(indent) = line.strip_suffix("{egress}") {
+            for rule in egress {
+                out.push_str(indent);
+                out.push_str(rule);
+                out.push('\n');
+            }
+            continue;
+        }
         let line = line
             .replace("{table}", table)
             .replace("{comment}", comment)
-            .replace("{seed}", &format!("{seed:#x}"));
+            .replace("{seed}", &format!("{seed:#x}"))
+            .replace("{hairpin_mark}", &format!("{hairpin_mark:#010x}"));
         if line.contains("{P}") {
             for (label, _) in PERSISTENCE {
                 out.push_str(&line.replace("{P}", label));

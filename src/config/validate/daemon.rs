@@ -22,6 +22,9 @@ const MAX_STICKY_READ_WAIT: Duration = Duration::from_secs(10);
 /// `sun_path` is 108 bytes including the terminating NUL.
 const MAX_SOCKET_PATH: usize = 107;
 
+/// The mark bit natlb sets on a hairpin connection's first packet, unless configured otherwise.
+pub const DEFAULT_HAIRPIN_MARK: u32 = 0x0010_0000;
+
 pub(super) fn daemon(dto: &DaemonDto, d: &mut Diagnostics<'_>) -> Option<Daemon> {
     let table = match &dto.table {
         None => Some(DEFAULT_TABLE.to_owned()),
@@ -64,6 +67,24 @@ pub(super) fn daemon(dto: &DaemonDto, d: &mut Diagnostics<'_>) -> Option<Daemon>
                          kernel's jhash takes a 32-bit seed)",
                         v.get_ref(),
                         u32::MAX
+                    ),
+                );
+                None
+            }
+        },
+    };
+
+    let hairpin_mark = match &dto.hairpin_mark {
+        None => Some(DEFAULT_HAIRPIN_MARK),
+        Some(v) => match u32::try_from(*v.get_ref()) {
+            Ok(mark) if mark != 0 => Some(mark),
+            _ => {
+                d.error(
+                    v.span(),
+                    format!(
+                        "hairpin_mark {} is not a usable packet mark; use a nonzero 32-bit mask, \
+                         one bit your routing and firewall leave alone, e.g. 0x{DEFAULT_HAIRPIN_MARK:08x}",
+                        v.get_ref()
                     ),
                 );
                 None
@@ -119,6 +140,7 @@ pub(super) fn daemon(dto: &DaemonDto, d: &mut Diagnostics<'_>) -> Option<Daemon>
         metrics: metrics?,
         keep_rules_on_exit: dto.keep_rules_on_exit.unwrap_or(true),
         hash_seed: hash_seed?,
+        hairpin_mark: hairpin_mark?,
         least_conn_interval: least_conn_interval?,
         sticky_read_wait: sticky_read_wait?,
     })

@@ -1,6 +1,5 @@
 //! `[[egress]]`: source NAT for traffic leaving the gateway.
 
-use std::net::IpAddr;
 use std::ops::Range;
 
 use serde_spanned::Spanned;
@@ -10,7 +9,7 @@ use super::super::dto::{EgressDto, EgressSnatDto};
 use super::super::error::Diagnostics;
 use super::super::suggest::did_you_mean;
 use super::{FirstSeen, check_name, required};
-use crate::model::{Egress, EgressSnat, IpNet};
+use crate::model::{AddrRange, Egress, EgressSnat, IpNet};
 
 /// Linux interface names are at most IFNAMSIZ - 1 = 15 bytes.
 const MAX_IFNAME: usize = 15;
@@ -71,7 +70,17 @@ fn egress(dto: &Spanned<EgressDto>, d: &mut Diagnostics<'_>) -> Option<Egress> {
         },
         d,
     )
-    .and_then(|s| sources(s, &who, d));
+    .and_then(|s| prefixes(s, "source", &who, d));
+    let destination = match &e.destination {
+        None => Some(vec![]),
+        Some(list) => prefixes(list, "destination", &who, d)
+            .and_then(|v| destination_families(v, list, source.as_deref(), &who, d)),
+    };
+    let exclude_destination = match &e.exclude_destination {
+        None => Some(vec![]),
+        Some(list) => prefixes(list, "exclude_destination", &who, d)
+            .and_then(|v| exclusion_families(v, list, source.as_deref(), &who, d)),
+    };
 
     let out_interface = required(
         &e.out_interface,
@@ -85,27 +94,53 @@ fn egress(dto: &Spanned<EgressDto>, d: &mut Diagnostics<'_>) -> Option<Egress> {
         None => Some(EgressSnat::Masquerade),
         Some(s) => snat(s, source.as_deref(), &who, d),
     };
+    let ports = match &e.ports {
+        None => Some(None),
+        Some(p) => port_range(p, d).map(Some),
+    };
+    let persistent = e.persistent.as_ref().is_some_and(|p| *p.get_ref());
+    if let (Some(p), Some(EgressSnat::Masquerade)) = (&e.persistent, &snat)
+        && *p.get_ref()
+    {
+        d.error(
+            p.span(),
+            format!(
+                "{who} masquerades, which has one address, so `persistent` (keep a client on one \
+                 address of a range) means nothing; remove it, or list addresses in snat"
+            ),
+        );
+        return None;
+    }
 
     Some(Egress {
         name: name?,
         source: source?,
+        destination: destination?,
+        exclude_destination: exclude_destination?,
         out_interface: out_interface?,
         snat: snat?,
+        ports: ports?,
+        persistent,
+        fully_random: e.fully_random.unwrap_or(false),
     })
 }
 
-fn sources(
+/// A list of prefixes under `key` (`source`, `destination`, `exclude_destination`).
+fn prefixes(
     list: &Spanned<Vec<Spanned<String>>>,
+    key: &str,
     who: &str,
     d: &mut Diagnostics<'_>,
 ) -> Option<Vec<IpNet>> {
     if list.get_ref().is_empty() {
+        let what = match key {
+            "source" => "the prefixes whose traffic to NAT, e.g. [\"10.0.0.0/16\"]",
+            "destination" => "the prefixes to NAT traffic to, or remove the key for all",
+            _ => "the prefixes to leave untranslated, or remove the key",
+        };
         d.error(
             list.span(),
-            format!(
-                "{who} has an empty source list; list the prefixes whose traffic to NAT, e.g. \
-                 [\"10.0.0.0/16\"]"
-            ),
+            format!("{who} has an empty {key} list; list {what}"),
         );
         return None;
     }
@@ -115,12 +150,95 @@ fn sources(
             (Ok(net), Some(v)) => v.push(net),
             (Ok(_), None) => {}
             (Err(e), _) => {
-                d.error(item.span(), format!("source {e}"));
+                d.error(item.span(), format!("{key} {e}"));
                 out = None;
             }
         }
     }
     out
+}
+
+/// A `destination` list limits each source family to its own prefixes, so a source family
+/// with no destination of its family would never be translated: most likely a mistake.
+fn destination_families(
+    list: Vec<IpNet>,
+    at: &Spanned<Vec<Spanned<String>>>,
+    sources: Option<&[IpNet]>,
+    who: &str,
+    d: &mut Diagnostics<'_>,
+) -> Option<Vec<IpNet>> {
+    for net in sources.unwrap_or_default() {
+        let fam = family(net.addr);
+        if !list.iter().any(|n| family(n.addr) == fam) {
+            d.error(
+                at.span(),
+                format!(
+                    "{who} has {fam} source {net} but no {fam} destination, so its {fam} traffic \
+                     would never be translated; add an {fam} destination (e.g. \"{}\") or \
+                     remove the source",
+                    if fam == "IPv4" { "0.0.0.0/0" } else { "::/0" }
+                ),
+            );
+            return None;
+        }
+    }
+    Some(list)
+}
+
+/// An exclusion of a family no source has excludes nothing.
+fn exclusion_families(
+    list: Vec<IpNet>,
+    at: &Spanned<Vec<Spanned<String>>>,
+    sources: Option<&[IpNet]>,
+    who: &str,
+    d: &mut Diagnostics<'_>,
+) -> Option<Vec<IpNet>> {
+    let Some(sources) = sources else {
+        return Some(list);
+    };
+    for (net, item) in list.iter().zip(at.get_ref()) {
+        let fam = family(net.addr);
+        if !sources.iter().any(|s| family(s.addr) == fam) {
+            d.error(
+                item.span(),
+                format!(
+                    "exclude_destination {net} is {fam} but {who} has no {fam} source; it would \
+                     exclude nothing, remove it"
+                ),
+            );
+            return None;
+        }
+    }
+    Some(list)
+}
+
+/// `ports = "1024-65535"` or `"40000"`: the source ports TCP and UDP may be given.
+fn port_range(p: &Spanned<String>, d: &mut Diagnostics<'_>) -> Option<(u16, u16)> {
+    let text = p.get_ref();
+    let port = |s: &str| {
+        let s = s.trim();
+        s.bytes()
+            .all(|b| b.is_ascii_digit())
+            .then(|| s.parse::<u16>().ok())
+            .flatten()
+            .filter(|&n| n > 0)
+    };
+    let parsed = match text.split_once('-') {
+        None => port(text).map(|n| (n, n)),
+        Some((a, b)) => port(a).zip(port(b)),
+    };
+    let problem = match parsed {
+        None => format!(
+            "ports \"{text}\" is not a port range; write first-last with ports from 1 to 65535, \
+             e.g. \"1024-65535\""
+        ),
+        Some((a, b)) if a > b => {
+            format!("ports \"{text}\" runs backwards; write the lower port first: \"{b}-{a}\"")
+        }
+        Some(range) => return Some(range),
+    };
+    d.error(p.span(), problem);
+    None
 }
 
 /// What Linux accepts as an interface name (`dev_valid_name`), minus `"` so the name can be
@@ -134,6 +252,11 @@ fn interface(i: &Spanned<String>, d: &mut Diagnostics<'_>) -> Option<String> {
             "out_interface \"{name}\" is {} bytes long; Linux interface names are at most \
              {MAX_IFNAME}",
             name.len()
+        ))
+    } else if name.find('*').is_some_and(|at| at + 1 != name.len()) {
+        Some(format!(
+            "out_interface \"{name}\" has a `*` before its end; `*` may only end a name, \
+             matching every interface whose name starts with what comes before it"
         ))
     } else if name == "." || name == ".." {
         Some(format!(
@@ -239,7 +362,7 @@ fn snat(
             continue;
         }
         target_families.push(family(first));
-        targets.push(canonical(first, last));
+        targets.push(AddrRange { first, last });
     }
     if !ok {
         return None;
@@ -260,13 +383,4 @@ fn snat(
         }
     }
     Some(EgressSnat::To(targets))
-}
-
-/// The one spelling of a target handed to the model: `a` or `a-b`.
-fn canonical(first: IpAddr, last: IpAddr) -> String {
-    if first == last {
-        first.to_string()
-    } else {
-        format!("{first}-{last}")
-    }
 }
