@@ -564,6 +564,15 @@ impl Lab {
         ServerHandle::start(self.backend_ns(i).to_string(), port, id, Proto::Udp)
     }
 
+    /// Starts a TCP and a UDP server in the client namespace on `[::]:port`: a host outside the
+    /// gateway, for traffic the backends' network sends out (egress).
+    pub fn start_client_servers(&self, port: u16, id: &str) -> (ServerHandle, ServerHandle) {
+        (
+            ServerHandle::start(self.client_ns().to_string(), port, id, Proto::Tcp),
+            ServerHandle::start(self.client_ns().to_string(), port, id, Proto::Udp),
+        )
+    }
+
     /// From the client namespace: connect, read the server's line (without "\n"), close.
     pub fn tcp_request(&self, addr: SocketAddr, timeout: Duration) -> io::Result<String> {
         self.in_client(|| tcp_request(addr, timeout))
