@@ -12,6 +12,7 @@
 
 use std::net::IpAddr;
 
+use super::layout::meta_is;
 use super::ruleset::{CmpOp, Expr, Family, NatKind, RuleSpec};
 use crate::model::{AddrRange, Egress, EgressSnat, IpNet, Protocol};
 
@@ -176,16 +177,8 @@ impl EgressRule {
                 op: CmpOp::Eq,
                 data: ifname_bytes(&self.out_interface),
             },
-            Expr::Meta {
-                key: libc::NFT_META_NFPROTO as u32,
-                dreg: REG1,
-            },
-            Expr::Cmp {
-                sreg: REG1,
-                op: CmpOp::Eq,
-                data: vec![f.nfproto()],
-            },
         ];
+        e.extend(meta_is(libc::NFT_META_NFPROTO, f.nfproto()));
         if let Some(net) = self.source {
             prefix_match(f, saddr_offset(f), net, CmpOp::Eq, &mut e);
         }
@@ -196,15 +189,7 @@ impl EgressRule {
             prefix_match(f, daddr_offset(f), net, CmpOp::Neq, &mut e);
         }
         if let Some(p) = self.protocol {
-            e.push(Expr::Meta {
-                key: libc::NFT_META_L4PROTO as u32,
-                dreg: REG1,
-            });
-            e.push(Expr::Cmp {
-                sreg: REG1,
-                op: CmpOp::Eq,
-                data: vec![p.number()],
-            });
+            e.extend(meta_is(libc::NFT_META_L4PROTO, p.number()));
         }
         if let Some((n, i)) = self.share {
             // nft hashes from the register after the result's.

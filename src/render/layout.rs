@@ -535,7 +535,7 @@ pub fn chains(seed: u32, hairpin_mark: u32) -> Vec<ChainSpec> {
 }
 
 /// `meta KEY VALUE` for a one-byte meta key (`nfproto`, `l4proto`).
-fn meta_is(key: libc::c_int, value: u8) -> [Expr; 2] {
+pub(super) fn meta_is(key: libc::c_int, value: u8) -> [Expr; 2] {
     [
         Expr::Meta {
             key: key as u32,
@@ -587,26 +587,32 @@ fn not_a_vip_rule(f: Family) -> RuleSpec {
 /// at the first nat chain that translates a connection.
 const EGRESS_PRIORITY: i32 = libc::NF_IP_PRI_NAT_SRC + 10;
 
-/// `ct status dnat`: the connection was DNATed (to a backend, by natlb or anyone).
-fn dnatted() -> [Expr; 3] {
+/// `<load> & mask <op> value` for a 32-bit host-order field (`ct status`, `meta mark`).
+fn bits_are(load: Expr, mask: u32, op: CmpOp, value: u32) -> [Expr; 3] {
     [
-        Expr::Ct {
-            key: libc::NFT_CT_STATUS as u32,
-            dir: None,
-            dreg: REG1,
-        },
+        load,
         Expr::Bitwise {
             sreg: REG1,
             dreg: REG1,
-            mask: IPS_DST_NAT.to_ne_bytes().to_vec(),
+            mask: mask.to_ne_bytes().to_vec(),
             xor: vec![0; 4],
         },
         Expr::Cmp {
             sreg: REG1,
-            op: CmpOp::Neq,
-            data: vec![0; 4],
+            op,
+            data: value.to_ne_bytes().to_vec(),
         },
     ]
+}
+
+/// `ct status dnat`: the connection was DNATed (to a backend, by natlb or anyone).
+fn dnatted() -> [Expr; 3] {
+    let status = Expr::Ct {
+        key: libc::NFT_CT_STATUS as u32,
+        dir: None,
+        dreg: REG1,
+    };
+    bits_are(status, IPS_DST_NAT, CmpOp::Neq, 0)
 }
 
 /// `ct status dnat accept`, first in the egress chain: a load-balanced connection keeps its
@@ -668,23 +674,11 @@ fn hairpin_mark_rule(mark: u32) -> RuleSpec {
 /// `meta mark & MARK == MARK ct status dnat masquerade`: the hairpin connections flagged in
 /// prerouting, after the services' own SNAT rules.
 fn hairpin_masquerade_rule(mark: u32) -> RuleSpec {
-    let mut e = vec![
-        Expr::Meta {
-            key: libc::NFT_META_MARK as u32,
-            dreg: REG1,
-        },
-        Expr::Bitwise {
-            sreg: REG1,
-            dreg: REG1,
-            mask: mark.to_ne_bytes().to_vec(),
-            xor: vec![0; 4],
-        },
-        Expr::Cmp {
-            sreg: REG1,
-            op: CmpOp::Eq,
-            data: mark.to_ne_bytes().to_vec(),
-        },
-    ];
+    let load = Expr::Meta {
+        key: libc::NFT_META_MARK as u32,
+        dreg: REG1,
+    };
+    let mut e = bits_are(load, mark, CmpOp::Eq, mark).to_vec();
     e.extend(dnatted());
     e.push(Expr::Masquerade {
         proto_min_reg: None,
