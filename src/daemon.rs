@@ -139,11 +139,13 @@ fn sync_table(
         Plan::Replace { reason } => {
             info!(table = %want.table, "installing the whole table: {reason}")
         }
-        Plan::Deltas { deltas, .. } if deltas.is_empty() => {
-            info!(table = %want.table, egress_rules = want.egress.len(), "adopted the installed table: its sets are as configured; writing the egress rules again")
-        }
-        Plan::Deltas { deltas, .. } => {
-            info!(table = %want.table, sets = deltas.len(), egress_rules = want.egress.len(), "adopted the installed table; applying the differences and writing the egress rules again")
+        Plan::Deltas { deltas, egress } => {
+            let egress = if *egress {
+                "; the egress chain holds other rules than the config's: writing them again"
+            } else {
+                ""
+            };
+            info!(table = %want.table, sets = deltas.len(), egress_rules = want.egress.len(), "adopted the installed table; applying the differences{egress}")
         }
     }
     let mut old = None;

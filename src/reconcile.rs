@@ -71,9 +71,9 @@ pub fn adopt(installed: &Installed, desired: &Ruleset) -> Plan {
         Installed::Foreign { reason } => Plan::Replace {
             reason: format!("table inet {} cannot be adopted: {reason}", desired.table),
         },
-        // natlb reads back the shapes of the installed rules, not their constants: the egress
-        // rules could be anything, so they are written again.
-        Installed::Ours(current) => match plan(current, desired) {
+        Installed::Ours(current) => plan(current, desired),
+        // The egress chain holds other rules than the config's: written again.
+        Installed::OursOtherEgress(current) => match plan(current, desired) {
             Plan::Nothing => Plan::Deltas {
                 deltas: vec![],
                 egress: true,

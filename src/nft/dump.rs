@@ -195,8 +195,42 @@ fn parse_elements(reply: &Reply<'_>, out: &mut Vec<RawElement>) -> Result<(), Nf
 /// The shape of one installed rule: its chain and its expressions' names, in order.
 pub type RuleShape = (String, Vec<String>);
 
-/// The shape of every rule of table `inet table`, in chain order as the kernel lists them.
-pub fn rule_shapes(sock: &mut Socket, table: &str) -> Result<Vec<RuleShape>, NftError> {
+/// One installed rule: its shape, and its whole content as text ([`rule_text`]).
+pub type RuleDump = (RuleShape, String);
+
+/// Every expression of a rule with all its attributes, as libnftnl prints them (`[ payload
+/// load 4b @ network header + 12 => reg 1 ]`...), and its comment: two rules with the same text
+/// do the same. natlb compares the egress rules it finds with the ones it would write this way.
+///
+/// # Safety
+/// `r` must be a live rule.
+pub(super) unsafe fn rule_text(r: *const sys::nftnl_rule) -> String {
+    let mut out = String::new();
+    let mut buf = vec![0 as c_char; 4096];
+    // SAFETY: r is live (caller); the iterator is destroyed before return; snprintf writes at
+    // most buf.len() bytes, NUL-terminated.
+    unsafe {
+        let it = sys::nftnl_expr_iter_create(r);
+        let mut e = sys::nftnl_expr_iter_next(it);
+        while !e.is_null() {
+            sys::nftnl_expr_snprintf(buf.as_mut_ptr(), buf.len(), e, 0, 0);
+            out.push_str(&cstr(buf.as_ptr()));
+            out.push('\n');
+            e = sys::nftnl_expr_iter_next(it);
+        }
+        sys::nftnl_expr_iter_destroy(it);
+        let mut len = 0u32;
+        let ud = sys::nftnl_rule_get_data(r, sys::NFTNL_RULE_USERDATA as u16, &mut len);
+        if !ud.is_null() {
+            let bytes = std::slice::from_raw_parts(ud.cast::<u8>(), len as usize);
+            out.push_str(&format!("comment {:?}", udata::parse_comment(bytes)));
+        }
+    }
+    out
+}
+
+/// Every rule of table `inet table`, in chain order as the kernel lists them.
+pub fn rules(sock: &mut Socket, table: &str) -> Result<Vec<RuleDump>, NftError> {
     let ctable = CString::new(table).expect("validated table name");
     let mut out = Vec::new();
     sock.request(
@@ -214,7 +248,7 @@ pub fn rule_shapes(sock: &mut Socket, table: &str) -> Result<Vec<RuleShape>, Nft
         },
         |reply| {
             if reply.ty == nft_msg_type(libc::NFT_MSG_NEWRULE) {
-                out.push(parse_rule_shape(reply)?);
+                out.push(parse_rule(reply)?);
             }
             Ok(())
         },
@@ -233,7 +267,7 @@ fn cstr(p: *const std::os::raw::c_char) -> String {
         .into_owned()
 }
 
-fn parse_rule_shape(reply: &Reply<'_>) -> Result<RuleShape, NftError> {
+fn parse_rule(reply: &Reply<'_>) -> Result<RuleDump, NftError> {
     // SAFETY: reply.raw is one complete, aligned message; the rule and its iterator are freed
     // before return and every string is copied out while they live.
     unsafe {
@@ -257,8 +291,9 @@ fn parse_rule_shape(reply: &Reply<'_>) -> Result<RuleShape, NftError> {
             e = sys::nftnl_expr_iter_next(it);
         }
         sys::nftnl_expr_iter_destroy(it);
+        let text = rule_text(r.as_ptr());
         sys::nftnl_rule_free(r.as_ptr());
-        Ok((chain, exprs))
+        Ok(((chain, exprs), text))
     }
 }
 

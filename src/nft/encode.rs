@@ -419,6 +419,12 @@ impl RuleMsg {
         }
     }
 
+    /// The rule's content as [`super::dump::rule_text`] prints an installed one.
+    pub fn text(&self) -> String {
+        // SAFETY: the rule is live while self is.
+        unsafe { super::dump::rule_text(self.rule.as_ptr()) }
+    }
+
     /// The message that empties `chain`, when sent as `MsgType::Del`.
     pub fn flush(table: &str, chain: &str) -> RuleMsg {
         RuleMsg::new(table, chain, &[], "", |_| 0)

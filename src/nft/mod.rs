@@ -14,7 +14,9 @@ use std::time::{Duration, Instant};
 use nftnl::MsgType;
 
 use crate::render::egress;
-use crate::render::ruleset::{Entry, Ruleset, SetSpec, Value, concat_len, decode_values};
+use crate::render::ruleset::{
+    Entry, Expr, RuleSpec, Ruleset, SetSpec, Value, concat_len, decode_values,
+};
 use encode::{ChainMsg, RuleMsg, SetMsg, TableMsg};
 pub use error::{KernelError, NftError};
 
@@ -79,6 +81,9 @@ pub enum Installed {
         reason: String,
     },
     Ours(Ruleset),
+    /// natlb's table, adoptable, but its egress chain does not hold the rules natlb would write
+    /// (another egress config, or a rule changed by hand): adoption rewrites that chain.
+    OursOtherEgress(Ruleset),
 }
 
 /// How every table natlb creates begins its comment.
@@ -232,7 +237,8 @@ impl Nft {
                 ),
             });
         }
-        if let Some(reason) = self.layout_differs(layout)? {
+        let rules = dump::rules(&mut self.sock, &layout.table)?;
+        if let Some(reason) = self.layout_differs(layout, &rules)? {
             return Ok(Installed::Foreign { reason });
         }
         let mut rs = layout.clone();
@@ -245,12 +251,36 @@ impl Nft {
                 Err(reason) => return Ok(Installed::Foreign { reason }),
             }
         }
-        Ok(Installed::Ours(rs))
+        let installed_egress: Vec<&String> = rules
+            .iter()
+            .filter(|((chain, _), _)| chain == egress::CHAIN)
+            .map(|(_, text)| text)
+            .collect();
+        let desired_egress: Vec<String> = egress_rules(layout)
+            .map(|r| {
+                let exprs: Vec<Expr> = r.exprs.iter().map(as_the_kernel_lists).collect();
+                RuleMsg::new(&layout.table, egress::CHAIN, &exprs, &r.comment, |_| 0).text()
+            })
+            .collect();
+        if installed_egress.len() == desired_egress.len()
+            && installed_egress
+                .iter()
+                .zip(&desired_egress)
+                .all(|(a, b)| *a == b)
+        {
+            Ok(Installed::Ours(rs))
+        } else {
+            Ok(Installed::OursOtherEgress(rs))
+        }
     }
 
     /// Whether the installed sets and rules differ from the layout's (someone changed them by
     /// hand): the reason, or `None` if they match.
-    fn layout_differs(&mut self, layout: &Ruleset) -> Result<Option<String>, NftError> {
+    fn layout_differs(
+        &mut self,
+        layout: &Ruleset,
+        installed: &[dump::RuleDump],
+    ) -> Result<Option<String>, NftError> {
         let sets = dump::set_shapes(&mut self.sock, &layout.table)?;
         for spec in &layout.sets {
             let want = (
@@ -281,8 +311,12 @@ impl Nft {
         }
         // The egress chain holds the config's egress rules after its fixed ones; adoption rewrites
         // it whole, so its installed rules need not match.
-        let mut rules = dump::rule_shapes(&mut self.sock, &layout.table)?;
-        rules.retain(|(chain, _)| chain != egress::CHAIN);
+        let rules: Vec<dump::RuleShape> = installed
+            .iter()
+            .map(|(shape, _)| shape)
+            .filter(|(chain, _)| chain != egress::CHAIN)
+            .cloned()
+            .collect();
         let want: Vec<dump::RuleShape> = layout
             .chains
             .iter()
@@ -409,19 +443,72 @@ fn create_table(b: &mut batch::Batch, rs: &Ruleset) {
     }
 }
 
-/// The rules of `chain`: the layout's, and for the egress chain the egress rules after them.
-fn add_rules(b: &mut batch::Batch, rs: &Ruleset, chain: &str, set_id: impl Fn(&str) -> u32) {
+/// `NF_NAT_RANGE_MAP_IPS` / `NF_NAT_RANGE_PROTO_SPECIFIED`.
+const RANGE_MAP_IPS: u32 = 1;
+const RANGE_PROTO_SPECIFIED: u32 = 2;
+
+/// A NAT expression as the kernel lists it back: it fills in what the rule left out (the upper
+/// end of a range is its lower end; the flags say an address and ports were given).
+fn as_the_kernel_lists(e: &Expr) -> Expr {
+    match e.clone() {
+        Expr::Nat {
+            kind,
+            family,
+            addr_reg,
+            addr_max_reg,
+            proto_reg,
+            proto_max_reg,
+            flags,
+        } => Expr::Nat {
+            kind,
+            family,
+            addr_reg,
+            addr_max_reg: addr_max_reg.or(Some(addr_reg)),
+            proto_reg,
+            proto_max_reg: proto_max_reg.or(proto_reg),
+            flags: flags
+                | RANGE_MAP_IPS
+                | if proto_reg.is_some() {
+                    RANGE_PROTO_SPECIFIED
+                } else {
+                    0
+                },
+        },
+        Expr::Masquerade {
+            proto_min_reg,
+            proto_max_reg,
+            flags,
+        } => Expr::Masquerade {
+            proto_min_reg,
+            proto_max_reg: proto_max_reg.or(proto_min_reg),
+            flags,
+        },
+        other => other,
+    }
+}
+
+/// The rules of the egress chain: its fixed ones, then the egress rules.
+fn egress_rules(rs: &Ruleset) -> impl Iterator<Item = RuleSpec> + '_ {
     let fixed = rs
         .chains
         .iter()
-        .filter(|c| c.name == chain)
+        .filter(|c| c.name == egress::CHAIN)
         .flat_map(|c| c.rules.iter().cloned());
-    let egress = rs
-        .egress
-        .iter()
-        .filter(|_| chain == egress::CHAIN)
-        .map(|r| r.spec());
-    for (i, r) in fixed.chain(egress).enumerate() {
+    fixed.chain(rs.egress.iter().map(|r| r.spec()))
+}
+
+/// The rules of `chain`: the layout's, and for the egress chain the egress rules after them.
+fn add_rules(b: &mut batch::Batch, rs: &Ruleset, chain: &str, set_id: impl Fn(&str) -> u32) {
+    let rules: Vec<RuleSpec> = if chain == egress::CHAIN {
+        egress_rules(rs).collect()
+    } else {
+        rs.chains
+            .iter()
+            .filter(|c| c.name == chain)
+            .flat_map(|c| c.rules.iter().cloned())
+            .collect()
+    };
+    for (i, r) in rules.iter().enumerate() {
         b.push(
             &RuleMsg::new(&rs.table, chain, &r.exprs, &r.comment, &set_id),
             MsgType::Add,
