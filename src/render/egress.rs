@@ -13,7 +13,7 @@
 use std::net::IpAddr;
 
 use super::layout::meta_is;
-use super::ruleset::{CmpOp, Expr, Family, NatKind, RuleSpec};
+use super::ruleset::{CmpOp, Expr, Family, NatKind, RuleSpec, Value, encode_values};
 use crate::model::{AddrRange, Egress, EgressSnat, IpNet, Protocol};
 
 /// The egress chain: a nat chain at postrouting, just after the services' SNAT chain, so a
@@ -180,13 +180,13 @@ impl EgressRule {
         ];
         e.extend(meta_is(libc::NFT_META_NFPROTO, f.nfproto()));
         if let Some(net) = self.source {
-            prefix_match(f, saddr_offset(f), net, CmpOp::Eq, &mut e);
+            prefix_match(f, f.saddr_offset(), net, CmpOp::Eq, &mut e);
         }
         if let Some(net) = self.destination {
-            prefix_match(f, daddr_offset(f), net, CmpOp::Eq, &mut e);
+            prefix_match(f, f.daddr_offset(), net, CmpOp::Eq, &mut e);
         }
         for &net in &self.excluded {
-            prefix_match(f, daddr_offset(f), net, CmpOp::Neq, &mut e);
+            prefix_match(f, f.daddr_offset(), net, CmpOp::Neq, &mut e);
         }
         if let Some(p) = self.protocol {
             e.extend(meta_is(libc::NFT_META_L4PROTO, p.number()));
@@ -195,7 +195,7 @@ impl EgressRule {
             // nft hashes from the register after the result's.
             e.push(Expr::Payload {
                 base: libc::NFT_PAYLOAD_NETWORK_HEADER as u32,
-                offset: saddr_offset(f),
+                offset: f.saddr_offset(),
                 len: f.addr_len(),
                 dreg: REG2,
             });
@@ -348,24 +348,7 @@ fn ifname_bytes(name: &str) -> Vec<u8> {
 }
 
 fn addr_bytes(a: IpAddr) -> Vec<u8> {
-    match a {
-        IpAddr::V4(a) => a.octets().to_vec(),
-        IpAddr::V6(a) => a.octets().to_vec(),
-    }
-}
-
-fn saddr_offset(f: Family) -> u32 {
-    match f {
-        Family::V4 => 12,
-        Family::V6 => 8,
-    }
-}
-
-fn daddr_offset(f: Family) -> u32 {
-    match f {
-        Family::V4 => 16,
-        Family::V6 => 24,
-    }
+    encode_values(&[Value::Addr(a)])
 }
 
 /// `ip saddr 10.0.0.0/16` as nft writes it: a whole-byte prefix loads and compares only its

@@ -787,10 +787,7 @@ fn load_vip_key_at(f: Family, from_conntrack: bool, mut word: u32, out: &mut Vec
     } else {
         out.push(Expr::Payload {
             base: libc::NFT_PAYLOAD_NETWORK_HEADER as u32,
-            offset: match f {
-                Family::V4 => 16,
-                Family::V6 => 24,
-            },
+            offset: f.daddr_offset(),
             len: f.addr_len(),
             dreg: reg_at_word(word),
         });
@@ -842,10 +839,7 @@ fn dnat_rule(f: Family, p: Pick, slots: u32, seed: u32) -> RuleSpec {
             let src = slot_word + 1 + 4;
             e.push(Expr::Payload {
                 base: libc::NFT_PAYLOAD_NETWORK_HEADER as u32,
-                offset: match f {
-                    Family::V4 => 12,
-                    Family::V6 => 8,
-                },
+                offset: f.saddr_offset(),
                 len: f.addr_len(),
                 dreg: reg_at_word(src),
             });
@@ -1030,7 +1024,7 @@ fn backend_at(f: Family, word: u32) -> [Expr; 2] {
     [
         Expr::Payload {
             base: libc::NFT_PAYLOAD_NETWORK_HEADER as u32,
-            offset: daddr_offset(f),
+            offset: f.daddr_offset(),
             len: f.addr_len(),
             dreg: reg_at_word(word),
         },
@@ -1060,19 +1054,9 @@ fn sticky_dnat_rule(f: Family) -> RuleSpec {
 fn saddr(f: Family, word: u32) -> Expr {
     Expr::Payload {
         base: libc::NFT_PAYLOAD_NETWORK_HEADER as u32,
-        offset: match f {
-            Family::V4 => 12,
-            Family::V6 => 8,
-        },
+        offset: f.saddr_offset(),
         len: f.addr_len(),
         dreg: reg_at_word(word),
-    }
-}
-
-fn daddr_offset(f: Family) -> u32 {
-    match f {
-        Family::V4 => 16,
-        Family::V6 => 24,
     }
 }
 

@@ -39,6 +39,22 @@ impl Family {
         }
     }
 
+    /// Where `ip saddr` / `ip6 saddr` starts in the network header.
+    pub fn saddr_offset(self) -> u32 {
+        match self {
+            Family::V4 => 12,
+            Family::V6 => 8,
+        }
+    }
+
+    /// Where `ip daddr` / `ip6 daddr` starts in the network header.
+    pub fn daddr_offset(self) -> u32 {
+        match self {
+            Family::V4 => 16,
+            Family::V6 => 24,
+        }
+    }
+
     pub fn addr_len(self) -> u32 {
         match self {
             Family::V4 => 4,
