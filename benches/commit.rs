@@ -145,6 +145,7 @@ fn build_model(services: usize, backends: usize, scheduler: Scheduler) -> Model 
         daemon: Daemon {
             table: TABLE.into(),
             control_socket: "/run/natlb-bench/control.sock".into(),
+            control_group: None,
             state_dir: "/tmp/natlb-bench-state".into(),
             metrics: None,
             keep_rules_on_exit: true,

@@ -14,16 +14,22 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::mpsc;
 use tracing::{debug, error, info, warn};
 
+use crate::admin::{self, AdminChange, AdminState};
 use crate::config;
 use crate::conntrack_pressure::{self, Pressure};
-use crate::health::{self, Board, Engine, Report, State};
+use crate::control::api::{AdminAnswer, BackendRef, Refusal, ReloadAnswer};
+use crate::control::server::{self, Command};
+use crate::control::status;
+use crate::health::{self, BackendKey, Board, Engine, Report, State};
 use crate::least_conn;
-use crate::model::{Model, OnBackendDown, Scheduler, Service};
+use crate::metrics::{Metrics, Reason};
+use crate::model::{Backend, Model, OnBackendDown, Scheduler, Service};
 use crate::nft::{Change, CommitStats, Nft, NftError, SetDelta};
 use crate::reconcile::{self, Plan};
 use crate::render::{self, layout, ruleset::Ruleset, ruleset::Value};
@@ -45,12 +51,20 @@ pub enum DaemonError {
     StickyThread(std::io::Error),
     #[error("{0}")]
     Refused(String),
+    #[error("{0}")]
+    Control(#[from] server::ServeError),
 }
 
 /// The daemon's state: the config, what the probes say, and the ruleset it last committed.
 struct Daemon {
     config_path: PathBuf,
+    /// The config as loaded.
+    config: Model,
+    /// The config with the weights operators set (`admin`): what natlb renders.
     model: Model,
+    /// Operators' drains and weights (`natlb drain`, `enable`, `weight`).
+    admin: AdminState,
+    metrics: Arc<Metrics>,
     /// Service position in `model.services` by name.
     index: HashMap<String, usize>,
     board: Board,
@@ -194,28 +208,96 @@ fn remember_table(model: &Model, table: &str) {
     }
 }
 
+/// Whether a backend may take new connections: its probe does not say it is down, and no
+/// operator drained it.
+fn takes_new(board: &Board, admin: &AdminState, s: &Service, b: &Backend) -> bool {
+    board.is_up(s, b) && !admin.is_drained(s, b)
+}
+
+fn save_admin(admin: &AdminState, model: &Model) -> bool {
+    match admin.save(&model.daemon.state_dir) {
+        Ok(()) => true,
+        Err(e) => {
+            error!(
+                "cannot save the admin state to {}: {e}; the change is applied but will not \
+                 survive a restart",
+                admin::path(&model.daemon.state_dir).display()
+            );
+            false
+        }
+    }
+}
+
+/// The sockets natlb serves: the control socket, and the metrics endpoint if configured.
+struct Listeners {
+    control: tokio::net::UnixListener,
+    metrics: Option<tokio::net::TcpListener>,
+}
+
+impl Listeners {
+    fn bind(model: &Model) -> Result<Listeners, DaemonError> {
+        let d = &model.daemon;
+        let control = server::bind_control(&d.control_socket, d.control_group.as_deref())?;
+        info!(socket = %d.control_socket.display(), "control socket ready");
+        // A busy metrics port is logged, not fatal: the gateway's traffic matters more.
+        let metrics = d.metrics.and_then(|addr| {
+            let bound = std::net::TcpListener::bind(addr)
+                .and_then(|l| l.set_nonblocking(true).map(|()| l))
+                .and_then(tokio::net::TcpListener::from_std);
+            match bound {
+                Ok(l) => {
+                    info!(%addr, "metrics at http://{addr}/metrics");
+                    Some(l)
+                }
+                Err(e) => {
+                    error!("cannot serve metrics on {addr}: {e}; natlb runs without them");
+                    None
+                }
+            }
+        });
+        Ok(Listeners { control, metrics })
+    }
+}
+
 impl Daemon {
     fn start(
         config_path: &Path,
         reports: mpsc::UnboundedSender<Report>,
         sticky_answered: mpsc::UnboundedSender<()>,
-    ) -> Result<Daemon, DaemonError> {
-        let model = config::load(config_path)?;
-        apply_kernel_knobs(&model, "start");
-        let saved = health::store::load(&model.daemon.state_dir).unwrap_or_else(|e| {
+        metrics: Arc<Metrics>,
+    ) -> Result<(Daemon, Listeners), DaemonError> {
+        let config = config::load(config_path)?;
+        apply_kernel_knobs(&config, "start");
+        let saved = health::store::load(&config.daemon.state_dir).unwrap_or_else(|e| {
             warn!(
                 "cannot read {}: {e}; every probed backend starts unknown",
-                health::store::path(&model.daemon.state_dir).display()
+                health::store::path(&config.daemon.state_dir).display()
             );
             BTreeMap::new()
         });
+        let mut admin = AdminState::load(&config.daemon.state_dir).unwrap_or_else(|e| {
+            error!(
+                "cannot read {}: {e}; every backend starts enabled with its configured weight \
+                 (drain again what must stay drained; the next change rewrites the file)",
+                admin::path(&config.daemon.state_dir).display()
+            );
+            AdminState::default()
+        });
+        let forgotten = admin.retain(&config);
+        let model = admin.apply(&config);
         let board = Board::new(&saved, &model);
-        let want = render::render(&model, |s, b| board.is_up(s, b));
+        let want = render::render(&model, |s, b| takes_new(&board, &admin, s, b));
         let mut nft = Nft::open()?;
         // A table natlb owned under another name (renamed while natlb was stopped) goes in the
         // same batch, so two tables never compete for the VIPs.
         let previous = crate::state_dir::load_table(&model.daemon.state_dir);
-        let stats = match sync_table(&mut nft, &want, previous.as_deref()) {
+        let sync = |nft: &mut Nft| {
+            let started = std::time::Instant::now();
+            let r = sync_table(nft, &want, previous.as_deref());
+            metrics.batch(Reason::Start, r.as_ref().ok().map(|_| started.elapsed()));
+            r
+        };
+        let stats = match sync(&mut nft) {
             // The table changed between reading it and committing (another process): read it
             // again and retry, once.
             Err(DaemonError::Nft(NftError::Rejected(errors))) => {
@@ -223,7 +305,7 @@ impl Daemon {
                     "the batch was refused ({}); re-reading the table and retrying once",
                     errors[0]
                 );
-                sync_table(&mut nft, &want, previous.as_deref())?
+                sync(&mut nft)?
             }
             other => other?,
         };
@@ -240,7 +322,20 @@ impl Daemon {
             );
         }
         remember_table(&model, &want.table);
-        let mut engine = Engine::new(reports).map_err(DaemonError::ProbeThread)?;
+        if !admin.is_empty() || !forgotten.is_empty() {
+            info!(
+                restored = admin.len(),
+                forgotten = forgotten.len(),
+                "admin state: {} backend(s) drained or re-weighted by operators",
+                admin.len()
+            );
+        }
+        if !forgotten.is_empty() {
+            save_admin(&admin, &model);
+        }
+        // Before any thread starts: the socket's mode comes from the umask at bind time.
+        let listeners = Listeners::bind(&model)?;
+        let mut engine = Engine::new(reports, metrics.clone()).map_err(DaemonError::ProbeThread)?;
         engine.sync(&model.services, |k| board.state(&k.service, k.backend));
         if engine.probed() > 0 {
             info!(
@@ -252,7 +347,10 @@ impl Daemon {
         let mut daemon = Daemon {
             config_path: config_path.to_path_buf(),
             index: index(&model),
+            config,
             model,
+            admin,
+            metrics,
             board,
             engine,
             installed: want,
@@ -268,7 +366,7 @@ impl Daemon {
         // The sticky entries live in the kernel and survive a restart; those the config (or the
         // backends' states) no longer allow go when the read ends.
         daemon.ask_sticky();
-        Ok(daemon)
+        Ok((daemon, listeners))
     }
 
     /// Asks for a read of the sticky map, if the table has one; the answer arrives in the
@@ -342,11 +440,16 @@ impl Daemon {
             .fold(0.0, f64::max);
         let table = self.installed.table.clone();
         let set = sticky_set();
-        match self.nft.apply(&[Change::Forget {
+        let result = self.nft.apply(&[Change::Forget {
             table: &table,
             set: &set,
             keys: &stale,
-        }]) {
+        }]);
+        self.metrics.batch(
+            Reason::Sticky,
+            result.as_ref().ok().map(|s| s.encode + s.kernel),
+        );
+        match result {
             Ok(stats) => {
                 self.installed_gen = Some(stats.generation);
                 info!(
@@ -389,6 +492,38 @@ impl Daemon {
             ),
             None => {}
         }
+    }
+
+    /// A reload may change the intervals of the periodic work.
+    fn retime(
+        &self,
+        balance_tick: &mut tokio::time::Interval,
+        conntrack_tick: &mut tokio::time::Interval,
+    ) {
+        for (tick, period) in [
+            (conntrack_tick, self.conntrack_interval()),
+            (balance_tick, self.least_conn_interval()),
+        ] {
+            if tick.period() != period {
+                *tick = tokio::time::interval(period);
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            }
+        }
+    }
+
+    /// One line for systemd's status: what is installed and how many backends take traffic.
+    fn one_line(&self) -> String {
+        let (mut backends, mut taking) = (0, 0);
+        for s in &self.model.services {
+            backends += s.backends.len();
+            taking +=
+                render::active_backends(s, |s, b| takes_new(&self.board, &self.admin, s, b)).len();
+        }
+        format!(
+            "{} service(s); {taking} of {backends} backend(s) take new connections; {} drained or re-weighted",
+            self.model.services.len(),
+            self.admin.len()
+        )
     }
 
     fn conntrack_interval(&self) -> std::time::Duration {
@@ -461,13 +596,13 @@ impl Daemon {
                 .get(&service.name)
                 .cloned()
                 .unwrap_or_else(|| configured.clone());
-            let board = &self.board;
+            let (board, admin) = (&self.board, &self.admin);
             let before =
                 render::service_elements(&with_weights(service, &current), seed, |s, b| {
-                    board.is_up(s, b)
+                    takes_new(board, admin, s, b)
                 });
             let after = render::service_elements(&with_weights(service, &next), seed, |s, b| {
-                board.is_up(s, b)
+                takes_new(board, admin, s, b)
             });
             let d = reconcile::diff_elements(&before, &after);
             if d.is_empty() {
@@ -487,6 +622,7 @@ impl Daemon {
         } else {
             self.commit_deltas(&deltas).map(Some)
         };
+        self.count_batch(Reason::LeastConn, &result);
         match result {
             Ok(stats) => {
                 for (name, weights, conns) in changed {
@@ -525,12 +661,14 @@ impl Daemon {
         let seed = self.model.daemon.hash_seed;
         for (&i, reps) in &by_service {
             let service = self.effective_service(i);
-            let board = &mut self.board;
-            let before = render::service_elements(&service, seed, |s, b| board.is_up(s, b));
+            let (board, admin) = (&mut self.board, &self.admin);
+            let before =
+                render::service_elements(&service, seed, |s, b| takes_new(board, admin, s, b));
             for r in reps {
                 board.set(&r.key, r.transition.to);
             }
-            let after = render::service_elements(&service, seed, |s, b| board.is_up(s, b));
+            let after =
+                render::service_elements(&service, seed, |s, b| takes_new(board, admin, s, b));
             deltas.extend(reconcile::diff_elements(&before, &after));
         }
         let result = if deltas.is_empty() {
@@ -538,9 +676,11 @@ impl Daemon {
         } else {
             self.commit_deltas(&deltas).map(Some)
         };
+        self.count_batch(Reason::Health, &result);
         let decided = reports.iter().map(|r| r.decided_at).min();
         for r in &reports {
             let t = r.transition;
+            self.metrics.transition(&r.key, t.to);
             let what = match (t.from, t.to) {
                 (State::Unknown, State::Up) => "backend up at its first probe".to_string(),
                 (State::Unknown, _) => "backend DOWN at its first probe; withdrawn".to_string(),
@@ -572,7 +712,9 @@ impl Daemon {
         }
         for &i in by_service.keys() {
             let s = &self.model.services[i];
-            if render::active_backends(s, |s, b| self.board.is_up(s, b)).is_empty() {
+            if render::active_backends(s, |s, b| takes_new(&self.board, &self.admin, s, b))
+                .is_empty()
+            {
                 warn!(service = %s.name, "no backend of service {} is up: new connections to it fail", s.name);
             }
         }
@@ -667,7 +809,7 @@ impl Daemon {
                     errors[0]
                 );
                 let model = self.effective_model();
-                let want = render::render(&model, |s, b| self.board.is_up(s, b));
+                let want = render::render(&model, |s, b| takes_new(&self.board, &self.admin, s, b));
                 let stats = self.resync(&want)?;
                 self.installed = want;
                 self.installed_gen = Some(stats.generation);
@@ -678,22 +820,29 @@ impl Daemon {
         }
     }
 
-    /// SIGHUP: re-read the config and apply the difference as one batch. Any failure leaves
-    /// both the kernel and natlb's idea of it as they were.
-    fn reload(&mut self) {
-        let model = match config::load(&self.config_path) {
+    /// SIGHUP or `natlb reload`: re-read the config and apply the difference as one batch.
+    /// Any failure leaves both the kernel and natlb's idea of it as they were. Returns what
+    /// happened, for the control socket.
+    fn reload(&mut self) -> Result<ReloadAnswer, Refusal> {
+        let config = match config::load(&self.config_path) {
             Ok(m) => m,
             Err(errors) => {
-                error!(
+                // One line per event: the errors are joined.
+                let list = errors.to_string().trim_end().replace('\n', " | ");
+                error!("reload refused, the running ruleset is unchanged; fix the config: {list}");
+                self.metrics.reload(false);
+                return Err(Refusal::conflict(format!(
                     "reload refused, the running ruleset is unchanged; fix the config:\n{errors}"
-                );
-                return;
+                )));
             }
         };
-        // A copy: if the reload fails, the old states stay in force with the old model.
+        // Copies: if the reload fails, the old states stay in force with the old model.
+        let mut admin = self.admin.clone();
+        let forgotten = admin.retain(&config);
+        let model = admin.apply(&config);
         let mut board = self.board.clone();
         board.retain(&model);
-        let want = render::render(&model, |s, b| board.is_up(s, b));
+        let want = render::render(&model, |s, b| takes_new(&board, &admin, s, b));
         let eligible = Eligible::of(&want);
         let read = if eligible.takes_away_from(&self.installed) {
             Daemon::read_for_change(
@@ -705,18 +854,46 @@ impl Daemon {
         } else {
             StickyRead::NotNeeded
         };
-        match self.sync_for_reload(&want, read.stale()) {
+        let result = self.sync_for_reload(&want, read.stale());
+        self.metrics.reload(result.is_ok());
+        match &result {
+            Ok(Some(s)) => self
+                .metrics
+                .batch(Reason::Reload, Some(s.encode + s.kernel)),
+            Ok(None) => {}
+            Err(_) => self.metrics.batch(Reason::Reload, None),
+        }
+        match result {
             Ok(stats) => {
-                if let Some(stats) = stats {
+                let message = if let Some(stats) = &stats {
+                    let message =
+                        format!("reload applied in one batch: {}", summary(&want, &model));
                     info!(
                         table = %want.table,
                         messages = stats.messages,
                         kernel_ms = stats.kernel.as_secs_f64() * 1e3,
-                        "reload applied in one batch: {}",
-                        summary(&want, &model)
+                        "{message}"
                     );
+                    message
                 } else {
                     info!("reload: the ruleset stays as it is");
+                    "reload: the config is applied; the ruleset stays as it is".to_string()
+                };
+                for k in &forgotten {
+                    info!(service = %k.service, backend = %k.backend, "reload: the backend is gone from the config; its admin state is forgotten");
+                }
+                if !forgotten.is_empty() {
+                    save_admin(&admin, &model);
+                }
+                let (old, new) = (&self.model.daemon, &model.daemon);
+                if (&old.control_socket, &old.control_group, old.metrics)
+                    != (&new.control_socket, &new.control_group, new.metrics)
+                {
+                    warn!(
+                        "reload: control_socket, control_group and metrics take effect at the \
+                         next restart; natlb keeps serving {} and the metrics where it did",
+                        old.control_socket.display()
+                    );
                 }
                 remember_table(&model, &want.table);
                 apply_kernel_knobs(&model, "reload");
@@ -725,15 +902,31 @@ impl Daemon {
                 self.index = index(&model);
                 self.engine
                     .sync(&model.services, |k| board.state(&k.service, k.backend));
+                let probed: std::collections::HashSet<(&str, std::net::SocketAddr)> = model
+                    .services
+                    .iter()
+                    .flat_map(|s| s.backends.iter().map(|b| (s.name.as_str(), b.address)))
+                    .collect();
+                self.metrics
+                    .probe_log
+                    .retain(|k| probed.contains(&(k.service.as_str(), k.backend)));
                 self.board = board;
+                self.admin = admin;
+                self.config = config;
                 self.model = model;
                 // The reload installed the configured weights; least-conn re-weighs from there.
                 self.effective.clear();
                 self.counted.clear();
                 log_sticky_read(&read, self.model.daemon.sticky_read_wait, "reload: ");
                 self.read_again_after(&read);
+                Ok(ReloadAnswer { message })
             }
-            Err(e) => error!("reload failed, the running ruleset is unchanged: {e}"),
+            Err(e) => {
+                error!("reload failed, the running ruleset is unchanged: {e}");
+                Err(Refusal::failed(format!(
+                    "reload failed, the running ruleset is unchanged: {e}"
+                )))
+            }
         }
     }
 
@@ -782,7 +975,188 @@ impl Daemon {
             .apply(&plan.changes(want, Some(&self.installed.table)))
     }
 
+    /// Counts a batch that was sent (`Ok(None)`: there was nothing to send).
+    fn count_batch(&self, reason: Reason, result: &Result<Option<CommitStats>, NftError>) {
+        match result {
+            Ok(Some(s)) => self.metrics.batch(reason, Some(s.encode + s.kernel)),
+            Ok(None) => {}
+            Err(_) => self.metrics.batch(reason, None),
+        }
+    }
+
+    /// A request from the control socket.
+    fn on_command(&mut self, command: Command) {
+        // A client that went away gets no answer: the send error is of no interest.
+        match command {
+            Command::Status(reply) => {
+                let installed_model = self.effective_model();
+                let snap = status::snapshot(&status::Inputs {
+                    config: &self.config,
+                    installed_model: &installed_model,
+                    board: &self.board,
+                    admin: &self.admin,
+                    installed: &self.installed,
+                    probes: &self.metrics.probe_log,
+                });
+                let _ = reply.send(snap);
+            }
+            Command::Admin {
+                target,
+                change,
+                reply,
+            } => {
+                let _ = reply.send(self.on_admin(&target, change));
+            }
+            Command::Reload(reply) => {
+                info!("natlb reload: reloading {}", self.config_path.display());
+                let _ = reply.send(self.reload());
+            }
+        }
+    }
+
+    /// `natlb drain`, `enable`, `weight`: one batch for the backend's service, then the admin
+    /// state is saved. A refused batch changes nothing.
+    fn on_admin(
+        &mut self,
+        target: &BackendRef,
+        change: AdminChange,
+    ) -> Result<AdminAnswer, Refusal> {
+        let Some(&i) = self.index.get(&target.service) else {
+            let names: Vec<&str> = self
+                .config
+                .services
+                .iter()
+                .map(|s| s.name.as_str())
+                .collect();
+            return Err(Refusal::not_found(format!(
+                "there is no service \"{}\"; the services are: {}",
+                target.service,
+                names.join(", ")
+            )));
+        };
+        let j = admin::find_backend(&self.config.services[i], &target.backend)
+            .map_err(Refusal::not_found)?;
+        if let AdminChange::Weight(w) = change
+            && w > crate::model::MAX_WEIGHT
+        {
+            return Err(Refusal::bad_request(format!(
+                "weight {w} is out of range; use 0 to {}",
+                crate::model::MAX_WEIGHT
+            )));
+        }
+        let name = self.config.services[i].name.clone();
+        let address = self.config.services[i].backends[j].address;
+        let configured = self.config.services[i].backends[j].weight;
+        let key = BackendKey {
+            service: name.clone(),
+            backend: address,
+        };
+        let current = self.admin.get(&name, address);
+        let next = AdminState::changed(current, change, configured);
+        let weight = next.weight.unwrap_or(configured);
+        let answer = |changed: bool, message: String| AdminAnswer {
+            service: name.clone(),
+            backend: address.to_string(),
+            admin: if next.drained { "drained" } else { "enabled" }.to_string(),
+            weight,
+            changed,
+            message,
+        };
+        if next == current {
+            let what = match change {
+                AdminChange::Drain => "is drained already".to_string(),
+                AdminChange::Enable => "is enabled already".to_string(),
+                AdminChange::Weight(w) => format!("has weight {w} already"),
+            };
+            return Ok(answer(false, format!("{name} {address} {what}")));
+        }
+
+        // Before: the service as installed. After: the new admin state; a new weight also
+        // drops least-conn's re-weighting of the service, which starts again from it.
+        let seed = self.model.daemon.hash_seed;
+        let before_service = self.effective_service(i);
+        let mut after_service = match change {
+            AdminChange::Weight(_) => self.model.services[i].clone(),
+            _ => before_service.clone(),
+        };
+        after_service.backends[j].weight = match change {
+            AdminChange::Weight(_) => weight,
+            _ => before_service.backends[j].weight,
+        };
+        let board = &self.board;
+        let before = render::service_elements(&before_service, seed, |s, b| {
+            takes_new(board, &self.admin, s, b)
+        });
+        self.admin.set(key.clone(), next);
+        let after = render::service_elements(&after_service, seed, |s, b| {
+            takes_new(&self.board, &self.admin, s, b)
+        });
+        let deltas = reconcile::diff_elements(&before, &after);
+        let result = if deltas.is_empty() {
+            Ok(None)
+        } else {
+            self.commit_deltas(&deltas).map(Some)
+        };
+        self.count_batch(Reason::Admin, &result);
+        if let Err(e) = result {
+            self.admin.set(key, current);
+            error!(service = %name, backend = %address, "{change:?} NOT applied: {e}");
+            return Err(Refusal::failed(format!(
+                "the kernel refused the change; nothing changed: {e}"
+            )));
+        }
+        self.model.services[i].backends[j].weight = weight;
+        if let AdminChange::Weight(_) = change {
+            self.effective.remove(&name);
+            self.counted.remove(&name);
+        }
+        let saved = save_admin(&self.admin, &self.model);
+        let active = render::active_backends(&after_service, |s, b| {
+            takes_new(&self.board, &self.admin, s, b)
+        });
+        let mut message = match change {
+            AdminChange::Drain => format!(
+                "drained {name} {address}: it takes no new connections, and its established \
+                 connections continue (natlb drain --wait waits for them to end)"
+            ),
+            AdminChange::Enable if active.contains(&j) => {
+                format!("enabled {name} {address}: it takes new connections again")
+            }
+            AdminChange::Enable => format!(
+                "enabled {name} {address}; it takes no new connections yet ({})",
+                if self.board.is_up(&after_service, &after_service.backends[j]) {
+                    "a backup, while a primary is up"
+                } else {
+                    "its probe says it is down"
+                }
+            ),
+            AdminChange::Weight(w) => format!(
+                "weight of {name} {address} is now {w} (configured: {configured}){}",
+                if next.drained {
+                    "; it stays drained"
+                } else {
+                    ""
+                }
+            ),
+        };
+        if !saved {
+            message.push_str(&format!(
+                "; WARNING: the state could not be saved to {} and will not survive a restart \
+                 (see natlb's log)",
+                admin::path(&self.model.daemon.state_dir).display()
+            ));
+        }
+        info!(
+            service = %name,
+            backend = %address,
+            elements_changed = element_changes(&deltas),
+            "{message}"
+        );
+        Ok(answer(true, message))
+    }
+
     fn stop(mut self) -> Result<(), DaemonError> {
+        let _ = std::fs::remove_file(&self.model.daemon.control_socket);
         self.save_states();
         if self.model.daemon.keep_rules_on_exit {
             info!(table = %self.installed.table, "exiting; the rules stay in place (keep_rules_on_exit)");
@@ -891,6 +1265,14 @@ fn apply_kernel_knobs(model: &Model, when: &str) {
 /// How often changed backend states are written to `state_dir`.
 const STATE_SAVE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
 
+/// Tells systemd (when it started natlb with `Type=notify`) how natlb is doing; without
+/// `NOTIFY_SOCKET` it does nothing.
+fn notify(states: &[sd_notify::NotifyState<'_>]) {
+    if let Err(e) = sd_notify::notify(states) {
+        debug!("sd_notify: {e}");
+    }
+}
+
 /// Runs the daemon until SIGTERM or SIGINT.
 pub fn run(config_path: &Path) -> Result<(), DaemonError> {
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -904,21 +1286,52 @@ pub fn run(config_path: &Path) -> Result<(), DaemonError> {
         let mut int = signal(SignalKind::interrupt()).map_err(DaemonError::Signals)?;
         let (tx, mut rx) = mpsc::unbounded_channel();
         let (answered, mut sticky_answers) = mpsc::unbounded_channel();
-        let mut daemon = Daemon::start(config_path, tx, answered)?;
+        let metrics = Metrics::shared();
+        let (mut daemon, listeners) = Daemon::start(config_path, tx, answered, metrics.clone())?;
+        let (commands, mut requests) = mpsc::unbounded_channel();
+        let shared = Arc::new(server::Shared {
+            commands,
+            traffic: Default::default(),
+            metrics,
+        });
+        tokio::spawn(server::serve_control(listeners.control, shared.clone()));
+        if let Some(l) = listeners.metrics {
+            tokio::spawn(server::serve_metrics(l, shared));
+        }
         info!(config = %config_path.display(), "natlb is running");
+        notify(&[
+            sd_notify::NotifyState::Ready,
+            sd_notify::NotifyState::Status(&daemon.one_line()),
+        ]);
         let mut save_tick = tokio::time::interval(STATE_SAVE_INTERVAL);
         let mut balance_tick = tokio::time::interval(daemon.least_conn_interval());
         balance_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut conntrack_tick = tokio::time::interval(daemon.conntrack_interval());
         conntrack_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // The watchdog is pinged from this loop, so a loop stuck anywhere stops the pings and
+        // systemd restarts natlb. Twice per WatchdogSec, as sd_watchdog_enabled(3) advises.
+        let watchdog = sd_notify::watchdog_enabled();
+        let mut watchdog_tick =
+            tokio::time::interval(watchdog.map_or(std::time::Duration::from_secs(3600), |d| d / 2));
+        watchdog_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        if let Some(d) = watchdog {
+            info!("systemd watchdog: pinging every {:?}", d / 2);
+        }
         loop {
             tokio::select! {
                 _ = save_tick.tick() => {
                     daemon.save_states();
                     daemon.resweep_sticky();
                 }
+                _ = watchdog_tick.tick(), if watchdog.is_some() => {
+                    notify(&[sd_notify::NotifyState::Watchdog]);
+                }
                 _ = balance_tick.tick() => daemon.rebalance(),
-                _ = conntrack_tick.tick() => daemon.check_conntrack(),
+                _ = conntrack_tick.tick() => {
+                    daemon.check_conntrack();
+                    // Here rather than at each decision: the line costs O(backends).
+                    notify(&[sd_notify::NotifyState::Status(&daemon.one_line())]);
+                }
                 Some(()) = sticky_answers.recv() => {
                     while sticky_answers.try_recv().is_ok() {}
                     daemon.on_sticky_answers();
@@ -931,19 +1344,19 @@ pub fn run(config_path: &Path) -> Result<(), DaemonError> {
                     }
                     daemon.on_reports(batch);
                 }
+                Some(command) = requests.recv() => {
+                    let reload = matches!(command, Command::Reload(_));
+                    daemon.on_command(command);
+                    if reload {
+                        daemon.retime(&mut balance_tick, &mut conntrack_tick);
+                    }
+                    notify(&[sd_notify::NotifyState::Status(&daemon.one_line())]);
+                }
                 _ = hup.recv() => {
                     info!("SIGHUP: reloading {}", config_path.display());
-                    daemon.reload();
-                    if conntrack_tick.period() != daemon.conntrack_interval() {
-                        conntrack_tick = tokio::time::interval(daemon.conntrack_interval());
-                        conntrack_tick
-                            .set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-                    }
-                    if balance_tick.period() != daemon.least_conn_interval() {
-                        balance_tick = tokio::time::interval(daemon.least_conn_interval());
-                        balance_tick
-                            .set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-                    }
+                    let _ = daemon.reload();
+                    daemon.retime(&mut balance_tick, &mut conntrack_tick);
+                    notify(&[sd_notify::NotifyState::Status(&daemon.one_line())]);
                 }
                 _ = term.recv() => break,
                 _ = int.recv() => {
@@ -952,6 +1365,7 @@ pub fn run(config_path: &Path) -> Result<(), DaemonError> {
                 }
             }
         }
+        notify(&[sd_notify::NotifyState::Stopping]);
         daemon.stop()
     })
 }

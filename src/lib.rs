@@ -5,12 +5,15 @@
 //! ruleset description) → `nft` (netlink encode + send: the only code that touches the kernel's
 //! tables) → `reconcile` (diff desired vs installed, one batch per change), driven by `daemon`.
 
+pub mod admin;
 pub mod config;
 pub mod conntrack;
 pub mod conntrack_pressure;
+pub mod control;
 pub mod daemon;
 pub mod health;
 pub mod least_conn;
+pub mod metrics;
 pub mod model;
 pub mod nft;
 pub mod reconcile;

@@ -25,6 +25,8 @@ pub struct Daemon {
     /// Name of the one `inet` table natlb owns.
     pub table: String,
     pub control_socket: PathBuf,
+    /// The group that may use the control socket too (mode 0660); `None`: root only (0600).
+    pub control_group: Option<String>,
     pub state_dir: PathBuf,
     pub metrics: Option<SocketAddr>,
     pub keep_rules_on_exit: bool,

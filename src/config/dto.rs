@@ -35,6 +35,7 @@ pub(super) struct ConfigDto {
 pub(super) struct DaemonDto {
     pub table: Option<Spanned<String>>,
     pub control_socket: Option<Spanned<String>>,
+    pub control_group: Option<Spanned<String>>,
     pub state_dir: Option<Spanned<String>>,
     pub metrics: Option<Spanned<String>>,
     pub keep_rules_on_exit: Option<bool>,

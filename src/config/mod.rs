@@ -52,6 +52,22 @@ pub fn load(path: &Path) -> Result<Model, ConfigErrors> {
     }
 }
 
+/// The control socket the config at `path` names (or the default), read leniently: runtime
+/// commands (`natlb status`, `natlb drain`) must find the daemon even while the file holds an
+/// edit that does not validate yet. `Err` when the file cannot be read or is not TOML.
+pub fn control_socket(path: &Path) -> Result<std::path::PathBuf, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let doc: toml::Table = toml::from_str(&text)
+        .map_err(|e| format!("{}: not TOML: {}", path.display(), e.message()))?;
+    let named = doc
+        .get("daemon")
+        .and_then(|d| d.get("control_socket"))
+        .and_then(|s| s.as_str());
+    Ok(std::path::PathBuf::from(
+        named.unwrap_or(validate::DEFAULT_CONTROL_SOCKET),
+    ))
+}
+
 /// Validates config `text`; `file_name` is only used to label errors.
 pub fn parse(file_name: &str, text: &str) -> Result<Model, ConfigErrors> {
     let mut d = Diagnostics::new(file_name, text);

@@ -48,6 +48,7 @@ static DAEMON: Table = Table {
     keys: &[
         ("table", Shape::Value),
         ("control_socket", Shape::Value),
+        ("control_group", Shape::Value),
         ("state_dir", Shape::Value),
         ("metrics", Shape::Value),
         ("keep_rules_on_exit", Shape::Value),
@@ -305,7 +306,7 @@ adress = "1.2.3.4"
             errors(text),
             [
                 "f.toml:2:1: unknown key `tabel` in [daemon]; did you mean `table`? (valid keys: \
-                 table, control_socket, state_dir, metrics, keep_rules_on_exit, hash_seed, hairpin_mark, least_conn_interval, sticky_read_wait)",
+                 table, control_socket, control_group, state_dir, metrics, keep_rules_on_exit, hash_seed, hairpin_mark, least_conn_interval, sticky_read_wait)",
                 "f.toml:5:1: unknown key `protcol` in [[service]]; did you mean `protocol`? \
                  (valid keys: name, listen, protocol, scheduler, hash, persistence, snat, \
                  on_all_down, on_backend_down, health, backend)",

@@ -101,6 +101,7 @@ fn spec_example_parses_to_the_expected_model() {
         daemon: Daemon {
             table: "natlb".into(),
             control_socket: PathBuf::from("/run/natlb/control.sock"),
+            control_group: None,
             state_dir: PathBuf::from("/var/lib/natlb"),
             metrics: Some(sa("127.0.0.1:9469")),
             keep_rules_on_exit: true,
@@ -188,6 +189,7 @@ fn empty_file_is_all_defaults() {
         Daemon {
             table: "natlb".into(),
             control_socket: PathBuf::from("/run/natlb/control.sock"),
+            control_group: None,
             state_dir: PathBuf::from("/var/lib/natlb"),
             metrics: None,
             keep_rules_on_exit: true,
@@ -1607,7 +1609,7 @@ snat = "masquerade"
         errors(text),
         [
             "t.toml:2:1: unknown key `tabel` in [daemon]; did you mean `table`? (valid keys: \
-             table, control_socket, state_dir, metrics, keep_rules_on_exit, hash_seed, hairpin_mark, least_conn_interval, sticky_read_wait)",
+             table, control_socket, control_group, state_dir, metrics, keep_rules_on_exit, hash_seed, hairpin_mark, least_conn_interval, sticky_read_wait)",
             "t.toml:7:1: unknown key `protcol` in [[service]]; did you mean `protocol`? (valid \
              keys: name, listen, protocol, scheduler, hash, persistence, snat, on_all_down, \
              on_backend_down, health, backend)",

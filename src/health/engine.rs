@@ -9,7 +9,7 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use tokio::sync::mpsc;
@@ -88,12 +88,23 @@ fn on_tick(after: Duration) -> Instant {
     epoch + Duration::from_nanos(u64::try_from(ticks * tick).unwrap_or(u64::MAX))
 }
 
+/// Sees every probe result (for `natlb status` and the metrics); called on the probe thread.
+pub trait Observer: Send + Sync {
+    fn probed(&self, key: &BackendKey, outcome: &Outcome);
+}
+
+/// Sees nothing.
+impl Observer for () {
+    fn probed(&self, _: &BackendKey, _: &Outcome) {}
+}
+
 /// Probes with `check` forever: waits, probes, records, reports transitions.
 pub async fn probe_loop<F, Fut>(
     key: BackendKey,
     spec: ProbeSpec,
     initial: State,
     reports: mpsc::UnboundedSender<Report>,
+    observer: Arc<dyn Observer>,
     check: F,
 ) where
     F: Fn() -> Fut,
@@ -104,6 +115,7 @@ pub async fn probe_loop<F, Fut>(
     sleep(FIRST_PROBE_SPREAD.min(h.interval).mul_f64(fastrand::f64())).await;
     loop {
         let outcome = check().await;
+        observer.probed(&key, &outcome);
         if let Some(transition) = state.record(outcome.ok) {
             let report = Report {
                 key: key.clone(),
@@ -132,6 +144,7 @@ pub async fn probe_loop<F, Fut>(
 pub struct Engine {
     tasks: HashMap<BackendKey, (ProbeSpec, JoinHandle<()>)>,
     reports: mpsc::UnboundedSender<Report>,
+    observer: Arc<dyn Observer>,
     probes: tokio::runtime::Handle,
     /// Dropping it stops the probe thread.
     stop: Option<tokio::sync::oneshot::Sender<()>>,
@@ -139,7 +152,10 @@ pub struct Engine {
 }
 
 impl Engine {
-    pub fn new(reports: mpsc::UnboundedSender<Report>) -> std::io::Result<Engine> {
+    pub fn new(
+        reports: mpsc::UnboundedSender<Report>,
+        observer: Arc<dyn Observer>,
+    ) -> std::io::Result<Engine> {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;
@@ -153,6 +169,7 @@ impl Engine {
         Ok(Engine {
             tasks: HashMap::new(),
             reports,
+            observer,
             probes,
             stop: Some(stop),
             thread: Some(thread),
@@ -197,14 +214,15 @@ impl Engine {
             };
             // Shared, not copied per probe: ten thousand probes a second each cloning a name
             // and a probe kind show up in the profile.
-            let kind = std::sync::Arc::new(spec.health.kind.clone());
-            let target = std::sync::Arc::new(target);
+            let kind = Arc::new(spec.health.kind.clone());
+            let target = Arc::new(target);
             let limit = spec.health.timeout;
             let task = self.probes.spawn(probe_loop(
                 key.clone(),
                 spec.clone(),
                 state_of(&key),
                 self.reports.clone(),
+                self.observer.clone(),
                 move || {
                     let (kind, target) = (kind.clone(), target.clone());
                     async move { probe(&kind, &target, limit).await }
@@ -230,7 +248,7 @@ impl Drop for Engine {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::{Arc, Mutex};
+    use std::sync::Mutex;
     use tokio::time::Instant;
 
     fn spec(interval_ms: u64, fast_ms: u64, rise: u32, fall: u32) -> ProbeSpec {
@@ -267,17 +285,24 @@ mod tests {
         let (tx, mut rx) = mpsc::unbounded_channel();
         let script = Arc::new(Mutex::new(script.into_iter()));
         let t2 = times.clone();
-        let task = tokio::spawn(probe_loop(key(), spec, initial, tx, move || {
-            t2.lock().unwrap().push(start.elapsed());
-            let ok = script.lock().unwrap().next().unwrap_or(true);
-            async move {
-                Outcome {
-                    ok,
-                    detail: String::new(),
-                    latency: Duration::ZERO,
+        let task = tokio::spawn(probe_loop(
+            key(),
+            spec,
+            initial,
+            tx,
+            Arc::new(()),
+            move || {
+                t2.lock().unwrap().push(start.elapsed());
+                let ok = script.lock().unwrap().next().unwrap_or(true);
+                async move {
+                    Outcome {
+                        ok,
+                        detail: String::new(),
+                        latency: Duration::ZERO,
+                    }
                 }
-            }
-        }));
+            },
+        ));
         let mut reports = Vec::new();
         let deadline = start + run_for;
         loop {

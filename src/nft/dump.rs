@@ -18,6 +18,8 @@ pub struct RawElement {
     pub key: Vec<u8>,
     pub data: Vec<u8>,
     pub comment: Option<String>,
+    /// The element's counter (packets, bytes), when its set counts.
+    pub counter: Option<(u64, u64)>,
 }
 
 /// Builds a request with libnftnl into an aligned scratch buffer and returns its bytes.
@@ -165,6 +167,37 @@ unsafe fn elem_bytes(e: *mut sys::nftnl_set_elem, attr: u32) -> Vec<u8> {
     }
 }
 
+/// The values of an element's `counter` expression, if it has one.
+///
+/// # Safety
+/// `e` must be a live element.
+unsafe fn elem_counter(e: *mut sys::nftnl_set_elem) -> Option<(u64, u64)> {
+    unsafe extern "C" fn visit(expr: *mut sys::nftnl_expr, data: *mut libc::c_void) -> i32 {
+        // SAFETY: libnftnl passes a live expression of the element, and `data` is the
+        // `Option<(u64, u64)>` below, alive for the whole walk.
+        unsafe {
+            let name = std::ffi::CStr::from_ptr(sys::nftnl_expr_get_str(
+                expr,
+                sys::NFTNL_EXPR_NAME as u16,
+            ));
+            if name.to_bytes() == b"counter" {
+                let out = &mut *data.cast::<Option<(u64, u64)>>();
+                *out = Some((
+                    sys::nftnl_expr_get_u64(expr, sys::NFTNL_EXPR_CTR_PACKETS as u16),
+                    sys::nftnl_expr_get_u64(expr, sys::NFTNL_EXPR_CTR_BYTES as u16),
+                ));
+            }
+        }
+        0
+    }
+    let mut out: Option<(u64, u64)> = None;
+    // SAFETY: e is live (caller); the callback only writes `out`, which outlives the call.
+    unsafe {
+        sys::nftnl_set_elem_expr_foreach(e, Some(visit), (&raw mut out).cast());
+    }
+    out
+}
+
 fn parse_elements(reply: &Reply<'_>, out: &mut Vec<RawElement>) -> Result<(), NftError> {
     // SAFETY: reply.raw is one complete, aligned message; the set and its iterator are freed
     // before return, and element bytes are copied out while they live.
@@ -183,6 +216,7 @@ fn parse_elements(reply: &Reply<'_>, out: &mut Vec<RawElement>) -> Result<(), Nf
                 key: elem_bytes(e, sys::NFTNL_SET_ELEM_KEY),
                 data: elem_bytes(e, sys::NFTNL_SET_ELEM_DATA),
                 comment: udata::parse_comment(&ud),
+                counter: elem_counter(e),
             });
             e = sys::nftnl_set_elems_iter_next(it);
         }

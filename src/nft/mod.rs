@@ -31,6 +31,9 @@ pub struct SetDelta {
 /// An element the kernel added to a dynamic map: its key and its data.
 pub type KernelEntry = (Vec<Value>, Vec<Value>);
 
+/// An element of a counting map: key, data, and its counter's (packets, bytes).
+pub type CountedEntry = (Vec<Value>, Vec<Value>, (u64, u64));
+
 /// One step of a transaction. A transaction is a list of steps sent as one batch.
 #[derive(Debug, Clone, Copy)]
 pub enum Change<'a> {
@@ -354,6 +357,26 @@ impl Nft {
             // Missing or unreadable: nothing natlb could delete by key.
             Err(_) => vec![],
         })
+    }
+
+    /// The elements of a counting map (the slot maps) with their counters: key, data,
+    /// (packets, bytes). A missing set has none; an element natlb cannot decode is skipped.
+    pub fn counted_entries(
+        &mut self,
+        table: &str,
+        spec: &SetSpec,
+    ) -> Result<Vec<CountedEntry>, NftError> {
+        let Some(raw) = dump::set_elements(&mut self.sock, table, &spec.name)? else {
+            return Ok(vec![]);
+        };
+        Ok(raw
+            .into_iter()
+            .filter_map(|e| {
+                let key = decode_values(&spec.key, &e.key)?;
+                let data = decode_values(&spec.data, &e.data)?;
+                Some((key, data, e.counter.unwrap_or_default()))
+            })
+            .collect())
     }
 
     fn read_set(

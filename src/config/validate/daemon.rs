@@ -12,7 +12,7 @@ use super::super::error::Diagnostics;
 use crate::model::{CONNTRACK_KNOBS, Conntrack, Daemon};
 
 const DEFAULT_TABLE: &str = "natlb";
-const DEFAULT_CONTROL_SOCKET: &str = "/run/natlb/control.sock";
+pub(in crate::config) const DEFAULT_CONTROL_SOCKET: &str = "/run/natlb/control.sock";
 const DEFAULT_STATE_DIR: &str = "/var/lib/natlb";
 const DEFAULT_LEAST_CONN_INTERVAL: Duration = Duration::from_secs(1);
 const MIN_LEAST_CONN_INTERVAL: Duration = Duration::from_millis(100);
@@ -34,6 +34,11 @@ pub(super) fn daemon(dto: &DaemonDto, d: &mut Diagnostics<'_>) -> Option<Daemon>
     let control_socket = match &dto.control_socket {
         None => Some(PathBuf::from(DEFAULT_CONTROL_SOCKET)),
         Some(p) => socket_path(p, d),
+    };
+
+    let control_group = match &dto.control_group {
+        None => Some(None),
+        Some(g) => group_name(g, d).map(Some),
     };
 
     let state_dir = match &dto.state_dir {
@@ -136,6 +141,7 @@ pub(super) fn daemon(dto: &DaemonDto, d: &mut Diagnostics<'_>) -> Option<Daemon>
     Some(Daemon {
         table: table?,
         control_socket: control_socket?,
+        control_group: control_group?,
         state_dir: state_dir?,
         metrics: metrics?,
         keep_rules_on_exit: dto.keep_rules_on_exit.unwrap_or(true),
@@ -163,6 +169,30 @@ fn table_name(t: &Spanned<String>, d: &mut Diagnostics<'_>) -> Option<String> {
             format!(
                 "table name \"{name}\" is not a valid nftables identifier; start with a letter \
                  and use only letters, digits, `_` and `-`, at most 64 characters"
+            ),
+        );
+        None
+    }
+}
+
+/// A group name as `useradd`/`groupadd` accept them. Whether the group exists is checked when
+/// the daemon creates the socket: a config may be checked on another machine.
+fn group_name(g: &Spanned<String>, d: &mut Diagnostics<'_>) -> Option<String> {
+    let name = g.get_ref();
+    let valid = !name.is_empty()
+        && name.len() <= 32
+        && !name.starts_with('-')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
+    if valid {
+        Some(name.clone())
+    } else {
+        d.error(
+            g.span(),
+            format!(
+                "control_group \"{name}\" is not a group name; use the name of an existing \
+                 group (letters, digits, `_`, `-`, `.`), e.g. \"natlb\""
             ),
         );
         None

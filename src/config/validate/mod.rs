@@ -9,6 +9,8 @@ mod daemon;
 mod egress;
 mod service;
 
+pub(super) use daemon::DEFAULT_CONTROL_SOCKET;
+
 use std::collections::HashMap;
 use std::hash::Hash;
 use std::ops::Range;
