@@ -30,6 +30,15 @@ pub enum Reason {
 }
 
 impl Reason {
+    const ALL: [Reason; 6] = [
+        Reason::Start,
+        Reason::Health,
+        Reason::Admin,
+        Reason::Reload,
+        Reason::LeastConn,
+        Reason::Sticky,
+    ];
+
     fn label(self) -> &'static str {
         match self {
             Reason::Start => "start",
@@ -113,8 +122,10 @@ pub struct Metrics {
 }
 
 impl Default for Metrics {
+    /// Every series of a known label value starts at 0, so that `rate()` and the dashboard
+    /// see the first event, and an alert on errors has a series before the first error.
     fn default() -> Metrics {
-        Metrics {
+        let m = Metrics {
             probes: Family::default(),
             probe_duration: Family::new_with_constructor(probe_buckets),
             transitions: Family::default(),
@@ -123,7 +134,18 @@ impl Default for Metrics {
             batch_duration: Family::new_with_constructor(batch_buckets),
             reloads: Family::default(),
             probe_log: ProbeLog::default(),
+        };
+        for reason in Reason::ALL {
+            let labels = ReasonLabels {
+                reason: reason.label(),
+            };
+            m.batches.get_or_create(&labels);
+            m.batch_errors.get_or_create(&labels);
         }
+        for result in ["ok", "error"] {
+            m.reloads.get_or_create(&ResultLabels { result });
+        }
+        m
     }
 }
 

@@ -376,6 +376,35 @@ fn metrics_scrape_has_per_backend_series() {
     ] {
         assert!(text.contains(needle), "{needle:?} missing from:\n{text}");
     }
+    // Every metric the shipped Grafana dashboard queries is a family of a real scrape.
+    let dashboard = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/grafana/natlb.json"),
+    )
+    .unwrap();
+    let mut used: Vec<&str> = dashboard
+        .match_indices("natlb_")
+        .map(|(i, _)| {
+            let rest = &dashboard[i..];
+            let end = rest
+                .find(|c: char| !(c.is_ascii_lowercase() || c == '_'))
+                .unwrap_or(rest.len());
+            &rest[..end]
+        })
+        .collect();
+    used.sort();
+    used.dedup();
+    assert!(used.len() > 15, "{used:?}");
+    for name in used {
+        let family = ["_total", "_bucket", "_sum", "_count", "_info"]
+            .iter()
+            .find_map(|s| name.strip_suffix(s))
+            .unwrap_or(name);
+        assert!(
+            text.contains(&format!("# TYPE {family} ")),
+            "the dashboard queries {name}, which natlb does not export"
+        );
+    }
+
     // A drain shows up in the next scrape, with the batch that made it.
     cli_ok(&g, &["drain", "web", BE1]);
     let text = scrape();
