@@ -536,3 +536,57 @@ fn which(cmd: &str) -> Result<String, ()> {
         .find(|p| Path::new(p).exists())
         .ok_or(())
 }
+
+#[test]
+fn systemd_hears_ready_after_the_install_then_watchdog_pings() {
+    use std::os::unix::net::UnixDatagram;
+    let mut g = Gateway::new_stopped(|d| config(d, "", true));
+    let path = g.lab.dir().join("notify.sock");
+    let sock = UnixDatagram::bind(&path).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let p = g.lab.spawn_in_with(
+        g.lab.gateway_ns(),
+        &[NATLB, "run", "-c", g.config.to_str().unwrap(), "--log-format", "json"],
+        |c| {
+            c.env("NOTIFY_SOCKET", &path).env("WATCHDOG_USEC", "400000");
+        },
+    );
+    let mut buf = [0u8; 4096];
+    let n = sock.recv(&mut buf).expect("no READY from natlb");
+    let first = String::from_utf8_lossy(&buf[..n]).into_owned();
+    assert!(first.starts_with("READY=1\n"), "{first}");
+    assert!(first.contains("STATUS=2 service(s)"), "{first}");
+    // READY comes after the first install: the table is there.
+    assert!(g.table().contains("map slots4"));
+    // Watchdog pings every WATCHDOG_USEC / 2 from the daemon's loop.
+    let started = std::time::Instant::now();
+    let mut pings = 0;
+    while pings < 3 {
+        let n = sock.recv(&mut buf).expect("watchdog pings stopped");
+        if &buf[..n] == b"WATCHDOG=1\n" {
+            pings += 1;
+        }
+    }
+    assert!(started.elapsed() < Duration::from_secs(3), "{:?}", started.elapsed());
+    g.natlb = Some(p);
+    // JSON logs: one object per line, with the event's fields.
+    assert!(g.wait_log("\"message\":\"backend up at its first probe", 2, Duration::from_secs(5)));
+    let log = g.log();
+    for line in log.lines() {
+        let v: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
+        assert!(v["level"].is_string() && v["message"].is_string(), "{line}");
+    }
+    assert!(
+        log.lines().any(|l| l.contains("\"service\":\"web\",\"backend\":\"192.0.2.11:8080\"")),
+        "{log}"
+    );
+    g.natlb.as_mut().unwrap().stop(Duration::from_secs(5));
+    let n = sock.recv(&mut buf).unwrap();
+    let mut last = String::from_utf8_lossy(&buf[..n]).into_owned();
+    while last == "WATCHDOG=1\n" {
+        let n = sock.recv(&mut buf).unwrap();
+        last = String::from_utf8_lossy(&buf[..n]).into_owned();
+    }
+    assert_eq!(last, "STOPPING=1\n");
+}
