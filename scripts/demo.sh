@@ -559,6 +559,26 @@ demo_reload() {
     check "both backends served (expect about 1:1, got $b1:$b2)" test "$b1" -gt 0 -a "$b2" -gt 0
 }
 
+status_shows() { "$NATLB" status -c "$TMP/natlb.toml" | grep -q -- "$1"; }
+
+demo_operate() {
+    heading "Operating: natlb status, drain, enable (over the control socket $TMP/control.sock)"
+    "$NATLB" status -c "$TMP/natlb.toml" 2>&1 | indent
+    check "natlb status lists backend-1 as up and enabled" status_shows "192.0.2.11:8080 *up *enabled"
+
+    heading "natlb drain web 192.0.2.11:8080   (a deploy: no new connections, established ones continue)"
+    "$NATLB" drain web 192.0.2.11:8080 -c "$TMP/natlb.toml" 2>&1 | indent
+    count_backends "http://$VIP4/" 20
+    check "the drained backend-1 got no new request ($(hits backend-1) of 20)" test "$(hits backend-1)" -eq 0
+    "$NATLB" status -c "$TMP/natlb.toml" 2>&1 | indent
+    check "natlb status shows it drained" status_shows "192.0.2.11:8080 *up *drained"
+
+    heading "natlb enable web 192.0.2.11:8080"
+    "$NATLB" enable web 192.0.2.11:8080 -c "$TMP/natlb.toml" 2>&1 | indent
+    count_backends "http://$VIP4/" 40
+    check "backend-1 serves again ($(hits backend-1) of 40)" test "$(hits backend-1)" -gt 0
+}
+
 demo_stop() {
     heading "Stop natlb: kill -TERM $NATLB_PID  (keep_rules_on_exit: the rules stay)"
     local before rc=0
@@ -599,6 +619,7 @@ main() {
     demo_udp
     demo_ipv6
     demo_reload
+    demo_operate
     demo_stop
 
     heading "Summary"
