@@ -12,7 +12,7 @@
 //! survives restarts and reloads. A backend removed from the config loses its state.
 //! Pure, apart from [`AdminState::load`] and [`AdminState::save`].
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
@@ -153,18 +153,28 @@ impl AdminState {
         }
     }
 
-    /// Forgets backends `config` no longer has; returns them.
+    /// Forgets backends `config` no longer has (returned) and weight overrides equal to the
+    /// config's weight (a config that caught up with the operator).
     pub fn retain(&mut self, config: &Model) -> Vec<BackendKey> {
+        let weights: HashMap<(&str, SocketAddr), u32> = config
+            .services
+            .iter()
+            .flat_map(|s| {
+                s.backends
+                    .iter()
+                    .map(|b| ((s.name.as_str(), b.address), b.weight))
+            })
+            .collect();
         let mut gone = Vec::new();
-        self.by_backend.retain(|k, _| {
-            let keep = config
-                .services
-                .iter()
-                .any(|s| s.name == k.service && s.backends.iter().any(|b| b.address == k.backend));
-            if !keep {
+        self.by_backend.retain(|k, a| {
+            let Some(&configured) = weights.get(&(k.service.as_str(), k.backend)) else {
                 gone.push(k.clone());
+                return false;
+            };
+            if a.weight == Some(configured) {
+                a.weight = None;
             }
-            keep
+            *a != Admin::default()
         });
         gone
     }
@@ -334,6 +344,20 @@ address = "10.0.1.12:9090"
         assert_eq!(back, st);
         assert_eq!(back.retain(&model()), vec![key("gone", "10.0.9.9:80")]);
         assert_eq!(back.len(), 1);
+        // A config that caught up with an override drops it.
+        back.set(
+            key("web", "10.0.1.12:8080"),
+            Admin {
+                drained: false,
+                weight: Some(1),
+            },
+        );
+        back.retain(&model());
+        assert_eq!(back.len(), 1);
+        assert_eq!(
+            back.get("web", "10.0.1.11:8080".parse().unwrap()).weight,
+            Some(5)
+        );
         assert_eq!(
             AdminState::load(&dir.path().join("missing")).unwrap(),
             AdminState::default()

@@ -283,6 +283,7 @@ impl Daemon {
             );
             AdminState::default()
         });
+        let loaded = admin.clone();
         let forgotten = admin.retain(&config);
         let model = admin.apply(&config);
         let board = Board::new(&saved, &model);
@@ -330,7 +331,7 @@ impl Daemon {
                 admin.len()
             );
         }
-        if !forgotten.is_empty() {
+        if admin != loaded {
             save_admin(&admin, &model);
         }
         // Before any thread starts: the socket's mode comes from the umask at bind time.
@@ -882,7 +883,7 @@ impl Daemon {
                 for k in &forgotten {
                     info!(service = %k.service, backend = %k.backend, "reload: the backend is gone from the config; its admin state is forgotten");
                 }
-                if !forgotten.is_empty() {
+                if admin != self.admin {
                     save_admin(&admin, &model);
                 }
                 let (old, new) = (&self.model.daemon, &model.daemon);
