@@ -139,11 +139,11 @@ impl Default for Metrics {
             let labels = ReasonLabels {
                 reason: reason.label(),
             };
-            m.batches.get_or_create(&labels);
-            m.batch_errors.get_or_create(&labels);
+            let _ = m.batches.get_or_create(&labels);
+            let _ = m.batch_errors.get_or_create(&labels);
         }
         for result in ["ok", "error"] {
-            m.reloads.get_or_create(&ResultLabels { result });
+            let _ = m.reloads.get_or_create(&ResultLabels { result });
         }
         m
     }

@@ -543,10 +543,18 @@ fn systemd_hears_ready_after_the_install_then_watchdog_pings() {
     let mut g = Gateway::new_stopped(|d| config(d, "", true));
     let path = g.lab.dir().join("notify.sock");
     let sock = UnixDatagram::bind(&path).unwrap();
-    sock.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
     let p = g.lab.spawn_in_with(
         g.lab.gateway_ns(),
-        &[NATLB, "run", "-c", g.config.to_str().unwrap(), "--log-format", "json"],
+        &[
+            NATLB,
+            "run",
+            "-c",
+            g.config.to_str().unwrap(),
+            "--log-format",
+            "json",
+        ],
         |c| {
             c.env("NOTIFY_SOCKET", &path).env("WATCHDOG_USEC", "400000");
         },
@@ -567,10 +575,18 @@ fn systemd_hears_ready_after_the_install_then_watchdog_pings() {
             pings += 1;
         }
     }
-    assert!(started.elapsed() < Duration::from_secs(3), "{:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
     g.natlb = Some(p);
     // JSON logs: one object per line, with the event's fields.
-    assert!(g.wait_log("\"message\":\"backend up at its first probe", 2, Duration::from_secs(5)));
+    assert!(g.wait_log(
+        "\"message\":\"backend up at its first probe",
+        2,
+        Duration::from_secs(5)
+    ));
     let log = g.log();
     for line in log.lines() {
         let v: serde_json::Value =
@@ -578,7 +594,8 @@ fn systemd_hears_ready_after_the_install_then_watchdog_pings() {
         assert!(v["level"].is_string() && v["message"].is_string(), "{line}");
     }
     assert!(
-        log.lines().any(|l| l.contains("\"service\":\"web\",\"backend\":\"192.0.2.11:8080\"")),
+        log.lines()
+            .any(|l| l.contains("\"service\":\"web\",\"backend\":\"192.0.2.11:8080\"")),
         "{log}"
     );
     g.natlb.as_mut().unwrap().stop(Duration::from_secs(5));
