@@ -121,3 +121,47 @@ fn check_names_a_missing_file() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/natlb.toml"));
 }
+
+/// Completions and man pages come from the clap definitions: every subcommand is in them.
+#[test]
+fn completions_and_man_pages_cover_every_subcommand() {
+    let subcommands = [
+        "run", "check", "render", "status", "drain", "enable", "weight", "reload",
+    ];
+    for shell in ["bash", "zsh", "fish"] {
+        let out = natlb(&["completions", shell]);
+        assert!(out.status.success());
+        let text = String::from_utf8_lossy(&out.stdout);
+        for s in subcommands {
+            assert!(text.contains(s), "{shell} completion lacks {s}");
+        }
+        assert!(text.contains("socket"), "{shell} completion lacks --socket");
+    }
+    let out = natlb(&["man"]);
+    let page = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        page.starts_with(".ie") || page.contains(".TH natlb 1"),
+        "{page}"
+    );
+    for s in subcommands {
+        assert!(
+            page.contains(&format!("natlb\\-{s}(1)")),
+            "man page lacks {s}:\n{page}"
+        );
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let out = natlb(&["man", "--dir", dir.path().to_str().unwrap()]);
+    assert!(out.status.success());
+    let drain = std::fs::read_to_string(dir.path().join("natlb-drain.1")).unwrap();
+    assert!(
+        drain.contains("\\-\\-wait") && drain.contains("\\-\\-timeout"),
+        "{drain}"
+    );
+    // A runtime command without a daemon says where it looked.
+    let out = natlb(&["status", "--socket", "/nonexistent/control.sock"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains("no control socket at /nonexistent/control.sock")
+    );
+}
