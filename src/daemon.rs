@@ -228,6 +228,18 @@ fn save_admin(admin: &AdminState, model: &Model) -> bool {
     }
 }
 
+/// Removes the control socket's file when dropped armed: a start that fails after binding
+/// leaves no socket behind.
+struct SocketFile(Option<PathBuf>);
+
+impl Drop for SocketFile {
+    fn drop(&mut self) {
+        if let Some(p) = self.0.take() {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+}
+
 /// The sockets natlb serves: the control socket, and the metrics endpoint if configured.
 struct Listeners {
     control: tokio::net::UnixListener,
@@ -288,6 +300,11 @@ impl Daemon {
         let model = admin.apply(&config);
         let board = Board::new(&saved, &model);
         let want = render::render(&model, |s, b| takes_new(&board, &admin, s, b));
+        // Before touching the kernel: a second natlb on the same socket stops here, before it
+        // could fight the first over the table. And before any thread starts: the socket's mode
+        // comes from the umask at bind time. A start that fails from here on removes it.
+        let listeners = Listeners::bind(&model)?;
+        let mut socket_file = SocketFile(Some(model.daemon.control_socket.clone()));
         let mut nft = Nft::open()?;
         // A table natlb owned under another name (renamed while natlb was stopped) goes in the
         // same batch, so two tables never compete for the VIPs.
@@ -334,8 +351,6 @@ impl Daemon {
         if admin != loaded {
             save_admin(&admin, &model);
         }
-        // Before any thread starts: the socket's mode comes from the umask at bind time.
-        let listeners = Listeners::bind(&model)?;
         let mut engine = Engine::new(reports, metrics.clone()).map_err(DaemonError::ProbeThread)?;
         engine.sync(&model.services, |k| board.state(&k.service, k.backend));
         if engine.probed() > 0 {
@@ -367,6 +382,7 @@ impl Daemon {
         // The sticky entries live in the kernel and survive a restart; those the config (or the
         // backends' states) no longer allow go when the read ends.
         daemon.ask_sticky();
+        socket_file.0 = None;
         Ok((daemon, listeners))
     }
 

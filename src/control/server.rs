@@ -56,6 +56,11 @@ pub enum ServeError {
         "control_group \"{0}\" does not exist on this machine; create it (groupadd {0}) or remove control_group"
     )]
     NoGroup(String),
+    #[error(
+        "cannot give the control socket {path} to control_group: {err} (natlb needs CAP_CHOWN \
+         for that, or to run with that group as its own: systemd's Group=)"
+    )]
+    Chown { path: PathBuf, err: std::io::Error },
     #[error("cannot {what} {path}: {err}")]
     Io {
         what: &'static str,
@@ -110,13 +115,19 @@ pub fn bind_control(path: &Path, group: Option<&str>) -> Result<UnixListener, Se
     nix::sys::stat::umask(old);
     let listener = bound.map_err(io("bind", path))?;
     if let Some(gid) = gid {
-        nix::unistd::chown(path, None, Some(gid)).map_err(|e| ServeError::Io {
-            what: "give the control group",
-            path: path.to_path_buf(),
-            err: e.into(),
-        })?;
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))
-            .map_err(io("set the mode of", path))?;
+        let given = nix::unistd::chown(path, None, Some(gid))
+            .map_err(|e| ServeError::Chown {
+                path: path.to_path_buf(),
+                err: e.into(),
+            })
+            .and_then(|()| {
+                std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))
+                    .map_err(io("set the mode of", path))
+            });
+        if let Err(e) = given {
+            let _ = std::fs::remove_file(path);
+            return Err(e);
+        }
     }
     Ok(listener)
 }
