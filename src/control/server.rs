@@ -132,49 +132,61 @@ pub fn bind_control(path: &Path, group: Option<&str>) -> Result<UnixListener, Se
     Ok(listener)
 }
 
-/// Serves the control API until the listener fails.
-pub async fn serve_control(listener: UnixListener, shared: Arc<Shared>) {
-    loop {
-        let (stream, _) = match listener.accept().await {
-            Ok(s) => s,
-            Err(e) => {
-                warn!("control socket: accept failed: {e}");
-                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-                continue;
-            }
-        };
-        let shared = shared.clone();
-        tokio::spawn(async move {
-            let service = hyper::service::service_fn(move |req| control(req, shared.clone()));
-            if let Err(e) = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), service)
-                .await
-            {
-                debug!("control socket: connection ended: {e}");
-            }
-        });
+/// A listening socket the servers accept connections from.
+pub trait Accept {
+    type Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static;
+    fn accept_io(&self) -> impl std::future::Future<Output = std::io::Result<Self::Io>> + Send;
+}
+
+impl Accept for UnixListener {
+    type Io = tokio::net::UnixStream;
+    async fn accept_io(&self) -> std::io::Result<Self::Io> {
+        self.accept().await.map(|(s, _)| s)
     }
 }
 
-/// Serves `GET /metrics` until the listener fails.
+impl Accept for TcpListener {
+    type Io = tokio::net::TcpStream;
+    async fn accept_io(&self) -> std::io::Result<Self::Io> {
+        self.accept().await.map(|(s, _)| s)
+    }
+}
+
+/// Serves the control API on the control socket.
+pub async fn serve_control(listener: UnixListener, shared: Arc<Shared>) {
+    serve("control socket", listener, shared, control).await
+}
+
+/// Serves `GET /metrics`.
 pub async fn serve_metrics(listener: TcpListener, shared: Arc<Shared>) {
+    serve("metrics", listener, shared, metrics).await
+}
+
+/// Answers HTTP/1.1 on every connection `listener` accepts with `handler`, forever.
+async fn serve<L, F, Fut>(what: &'static str, listener: L, shared: Arc<Shared>, handler: F)
+where
+    L: Accept,
+    F: Fn(Request<Incoming>, Arc<Shared>) -> Fut + Copy + Send + Sync + 'static,
+    Fut: std::future::Future<Output = Result<Answer, hyper::Error>> + Send + 'static,
+{
     loop {
-        let (stream, _) = match listener.accept().await {
+        let stream = match listener.accept_io().await {
             Ok(s) => s,
             Err(e) => {
-                warn!("metrics: accept failed: {e}");
+                // Out of file descriptors, say: wait rather than spin.
+                warn!("{what}: accept failed: {e}");
                 tokio::time::sleep(std::time::Duration::from_millis(100)).await;
                 continue;
             }
         };
         let shared = shared.clone();
         tokio::spawn(async move {
-            let service = hyper::service::service_fn(move |req| metrics(req, shared.clone()));
+            let service = hyper::service::service_fn(move |req| handler(req, shared.clone()));
             if let Err(e) = hyper::server::conn::http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), service)
                 .await
             {
-                debug!("metrics: connection ended: {e}");
+                debug!("{what}: connection ended: {e}");
             }
         });
     }
