@@ -1007,15 +1007,14 @@ impl Daemon {
         match command {
             Command::Status(reply) => {
                 let installed_model = self.effective_model();
-                let snap = status::snapshot(&status::Inputs {
+                let capture = status::capture(&status::Inputs {
                     config: &self.config,
                     installed_model: &installed_model,
                     board: &self.board,
                     admin: &self.admin,
                     installed: &self.installed,
-                    probes: &self.metrics.probe_log,
                 });
-                let _ = reply.send(snap);
+                let _ = reply.send(capture);
             }
             Command::Admin {
                 target,
@@ -1308,7 +1307,7 @@ pub fn run(config_path: &Path) -> Result<(), DaemonError> {
         let (commands, mut requests) = mpsc::unbounded_channel();
         let shared = Arc::new(server::Shared {
             commands,
-            traffic: Default::default(),
+            figures: Default::default(),
             metrics,
         });
         tokio::spawn(server::serve_control(listeners.control, shared.clone()));

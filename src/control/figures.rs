@@ -72,65 +72,107 @@ impl Traffic {
     }
 }
 
-/// Adds the kernel's figures to `snap`; what cannot be read is left `null` and named in
-/// `status.errors`.
-pub fn fill(snap: &mut Snapshot, traffic: &Mutex<Traffic>) {
-    let status = &mut snap.status;
-    match crate::conntrack_pressure::read(Path::new("/proc/sys")) {
-        Ok(f) => {
-            status.conntrack = Some(ConntrackFill {
-                count: f.count,
-                max: f.max,
-            })
-        }
-        Err(e) => status
-            .errors
-            .push(format!("cannot read the conntrack table's fill: {e}")),
-    }
+/// The kernel's figures, shared by the status and metrics requests: one read at a time.
+#[derive(Default)]
+pub struct Figures {
+    state: Mutex<State>,
+}
 
+#[derive(Default)]
+struct State {
+    traffic: Traffic,
+    last: Option<Read>,
+}
+
+/// One read of the kernel's figures; errors are messages for `status.errors`.
+struct Read {
+    /// When the read began.
+    at: std::time::Instant,
+    /// What it read: the table and the VIP families.
+    of: (String, Vec<bool>),
+    conntrack: Result<ConntrackFill, String>,
+    connections: Result<crate::conntrack::Counts, String>,
+    counters: Result<(), String>,
+}
+
+fn read(snap: &Snapshot, families: &[IpAddr], traffic: &mut Traffic) -> Read {
+    let at = std::time::Instant::now();
+    let conntrack = crate::conntrack_pressure::read(Path::new("/proc/sys"))
+        .map(|f| ConntrackFill {
+            count: f.count,
+            max: f.max,
+        })
+        .map_err(|e| format!("cannot read the conntrack table's fill: {e}"));
+    let connections = if families.is_empty() {
+        Ok(Default::default())
+    } else {
+        crate::conntrack::count_connections(families)
+            .map_err(|e| format!("cannot count connections in conntrack: {e}"))
+    };
+    let counters = read_counters(&snap.table, &snap.slot_maps)
+        .map(|entries| traffic.observe(entries))
+        .map_err(|e| format!("cannot read the slot maps' counters: {e}"));
+    Read {
+        at,
+        of: (
+            snap.table.clone(),
+            families.iter().map(IpAddr::is_ipv4).collect(),
+        ),
+        conntrack,
+        connections,
+        counters,
+    }
+}
+
+/// Adds the kernel's figures to `snap`; what cannot be read is left `null` and named in
+/// `status.errors`. Requests that arrive while a read is under way wait for it, and those
+/// that asked before it began share it: a scrape and a `natlb status` arriving together cost
+/// one read, and reads never pile up behind a slow one (a big table's dump takes seconds).
+pub fn fill(snap: &mut Snapshot, figures: &Figures) {
+    let asked = std::time::Instant::now();
     let mut families: Vec<IpAddr> = Vec::new();
     for k in &snap.keys {
         if !families.iter().any(|f| f.is_ipv4() == k.vip.is_ipv4()) {
             families.push(k.vip.ip());
         }
     }
-    let connections = if families.is_empty() {
-        Some(Default::default())
-    } else {
-        match crate::conntrack::count_connections(&families) {
-            Ok(c) => Some(c),
-            Err(e) => {
-                status
-                    .errors
-                    .push(format!("cannot count connections in conntrack: {e}"));
-                None
-            }
-        }
-    };
-
-    let counted = read_counters(&snap.table, &snap.slot_maps);
-    let traffic = match counted {
-        Ok(entries) => {
-            let mut t = traffic.lock().unwrap_or_else(|p| p.into_inner());
-            t.observe(entries);
-            Some(t)
-        }
-        Err(e) => {
-            status
-                .errors
-                .push(format!("cannot read the slot maps' counters: {e}"));
-            None
-        }
-    };
-
+    families.sort_by_key(IpAddr::is_ipv4);
+    // Held through the read: a request that arrives meanwhile waits, then shares it.
+    let mut state = figures.state.lock().unwrap_or_else(|p| p.into_inner());
+    let of = (
+        snap.table.clone(),
+        families.iter().map(IpAddr::is_ipv4).collect(),
+    );
+    let fresh = state
+        .last
+        .as_ref()
+        .is_some_and(|r| r.of == of && r.at >= asked);
+    if !fresh {
+        let r = read(snap, &families, &mut state.traffic);
+        state.last = Some(r);
+    }
+    let State { traffic, last } = &*state;
+    let r = last.as_ref().expect("just read");
+    let status = &mut snap.status;
+    for e in [
+        &r.conntrack.as_ref().err(),
+        &r.connections.as_ref().err(),
+        &r.counters.as_ref().err(),
+    ]
+    .into_iter()
+    .flatten()
+    {
+        status.errors.push((*e).clone());
+    }
+    status.conntrack = r.conntrack.as_ref().ok().copied();
+    let connections = r.connections.as_ref().ok();
+    let traffic = r.counters.is_ok().then_some(traffic);
     for (service, key) in status.services.iter_mut().zip(&snap.keys) {
-        let of_vip = connections
-            .as_ref()
-            .map(|c| c.get(&(key.vip, key.protocol)));
+        let of_vip = connections.map(|c| c.get(&(key.vip, key.protocol)));
         let mut sums = (Some(0u64), Some(0u64), Some(0u64));
         for (b, &addr) in service.backends.iter_mut().zip(&key.backends) {
             b.connections = of_vip.map(|m| m.and_then(|m| m.get(&addr)).copied().unwrap_or(0));
-            if let Some(t) = &traffic {
+            if let Some(t) = traffic {
                 let (p, by) = t.total(&(key.vip, key.protocol, addr));
                 b.packets = Some(p);
                 b.bytes = Some(by);

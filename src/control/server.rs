@@ -4,7 +4,7 @@
 
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::{Bytes, Incoming};
@@ -15,14 +15,15 @@ use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, warn};
 
 use super::api::{AdminAnswer, BackendRef, ErrorAnswer, Refusal, ReloadAnswer, WeightRequest};
-use super::figures::{self, Traffic};
-use super::status::Snapshot;
+use super::figures::{self, Figures};
+use super::status::{self, Capture, Snapshot};
 use crate::admin::AdminChange;
 use crate::metrics::Metrics;
 
 /// What the daemon's loop is asked to do.
 pub enum Command {
-    Status(oneshot::Sender<Snapshot>),
+    /// The daemon only captures its state; the document is made off its loop.
+    Status(oneshot::Sender<Capture>),
     Admin {
         target: BackendRef,
         change: AdminChange,
@@ -34,7 +35,7 @@ pub enum Command {
 /// What the servers' tasks share.
 pub struct Shared {
     pub commands: mpsc::UnboundedSender<Command>,
-    pub traffic: Mutex<Traffic>,
+    pub figures: Figures,
     pub metrics: Arc<Metrics>,
 }
 
@@ -212,21 +213,28 @@ fn daemon_gone() -> Refusal {
     Refusal::failed("natlb is stopping")
 }
 
-/// A status snapshot with the kernel's figures.
-async fn status(shared: &Arc<Shared>) -> Result<Snapshot, Refusal> {
+/// The status document with the kernel's figures, turned into an answer by `answer`: all of
+/// it on a blocking thread, since at tens of thousands of services each step takes from
+/// milliseconds to seconds. The daemon's loop only captures its state.
+async fn status<R: Send + 'static>(
+    shared: &Arc<Shared>,
+    answer: impl FnOnce(&Snapshot, &Shared) -> R + Send + 'static,
+) -> Result<R, Refusal> {
     let (tx, rx) = oneshot::channel();
     shared
         .commands
         .send(Command::Status(tx))
         .map_err(|_| daemon_gone())?;
-    let mut snap = rx.await.map_err(|_| daemon_gone())?;
+    let capture = rx.await.map_err(|_| daemon_gone())?;
     let shared = shared.clone();
     tokio::task::spawn_blocking(move || {
-        figures::fill(&mut snap, &shared.traffic);
-        snap
+        let mut snap = status::snapshot(&capture, &shared.metrics.probe_log);
+        drop(capture);
+        figures::fill(&mut snap, &shared.figures);
+        answer(&snap, &shared)
     })
     .await
-    .map_err(|e| Refusal::failed(format!("reading the kernel's figures failed: {e}")))
+    .map_err(|e| Refusal::failed(format!("making the status failed: {e}")))
 }
 
 async fn body<T: serde::de::DeserializeOwned>(req: Request<Incoming>) -> Result<T, Refusal> {
@@ -262,7 +270,7 @@ async fn control(req: Request<Incoming>, shared: Arc<Shared>) -> Result<Answer, 
         }
     };
     let answer = match (&method, path.as_str()) {
-        (&Method::GET, "/v1/status") => status(&shared).await.map(|s| json(200, &s.status)),
+        (&Method::GET, "/v1/status") => status(&shared, |s, _| json(200, &s.status)).await,
         (&Method::POST, "/v1/drain") => match body::<BackendRef>(req).await {
             Ok(t) => ask(&shared, admin(t, AdminChange::Drain))
                 .await
@@ -321,11 +329,12 @@ async fn metrics(req: Request<Incoming>, shared: Arc<Shared>) -> Result<Answer, 
             "natlb serves its metrics at GET /metrics\n".into(),
         ));
     }
-    Ok(match status(&shared).await {
-        Ok(snap) => text(
+    let exposition = status(&shared, |snap, shared| shared.metrics.encode(&snap.status)).await;
+    Ok(match exposition {
+        Ok(body) => text(
             200,
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
-            shared.metrics.encode(&snap.status),
+            body,
         ),
         Err(e) => text(503, "text/plain; charset=utf-8", format!("{}\n", e.message)),
     })

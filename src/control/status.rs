@@ -31,7 +31,7 @@ pub struct ServiceKey {
     pub backends: Vec<SocketAddr>,
 }
 
-/// What the daemon knows, borrowed for one snapshot.
+/// What the daemon knows, borrowed for one capture.
 pub struct Inputs<'a> {
     /// The config as loaded (the configured weights).
     pub config: &'a Model,
@@ -40,38 +40,73 @@ pub struct Inputs<'a> {
     pub board: &'a Board,
     pub admin: &'a AdminState,
     pub installed: &'a Ruleset,
-    pub probes: &'a ProbeLog,
 }
 
-pub fn snapshot(inputs: &Inputs<'_>) -> Snapshot {
-    let mut services = Vec::with_capacity(inputs.installed_model.services.len());
+/// A copy of what a snapshot needs, taken on the daemon's loop: only copies and one count of
+/// the installed slots, so that the loop pays as little as it can. The snapshot (strings for
+/// every backend, probe results) is made from it on another thread.
+pub struct Capture {
+    config: Model,
+    installed_model: Model,
+    board: Board,
+    admin: AdminState,
+    /// Per service: slots held by each backend address.
+    slots: Vec<BTreeMap<SocketAddr, u32>>,
+    table: String,
+    slot_maps: Vec<SetSpec>,
+}
+
+pub fn capture(inputs: &Inputs<'_>) -> Capture {
+    Capture {
+        config: inputs.config.clone(),
+        installed_model: inputs.installed_model.clone(),
+        board: inputs.board.clone(),
+        admin: inputs.admin.clone(),
+        slots: inputs
+            .installed_model
+            .services
+            .iter()
+            .map(|s| slot_counts(inputs.installed, s))
+            .collect(),
+        table: inputs.installed.table.clone(),
+        slot_maps: [Family::V4, Family::V6]
+            .into_iter()
+            .filter_map(|f| inputs.installed.set(&layout::slots_map_name(f)).cloned())
+            .collect(),
+    }
+}
+
+/// The status document of a capture (without the kernel's figures).
+pub fn snapshot(c: &Capture, probes: &ProbeLog) -> Snapshot {
+    let mut services = Vec::with_capacity(c.installed_model.services.len());
     let mut keys = Vec::with_capacity(services.capacity());
-    for (i, s) in inputs.installed_model.services.iter().enumerate() {
-        let configured = &inputs.config.services[i];
-        services.push(service_status(inputs, configured, s));
+    for (i, s) in c.installed_model.services.iter().enumerate() {
+        services.push(service_status(
+            c,
+            probes,
+            &c.config.services[i],
+            s,
+            &c.slots[i],
+        ));
         keys.push(ServiceKey {
             vip: SocketAddr::new(s.vip.addr, s.vip.port),
             protocol: s.vip.protocol.number(),
             backends: s.backends.iter().map(|b| b.address).collect(),
         });
     }
-    let slot_maps = [Family::V4, Family::V6]
-        .into_iter()
-        .filter_map(|f| inputs.installed.set(&layout::slots_map_name(f)).cloned())
-        .collect();
     Snapshot {
         status: Status {
             schema: STATUS_SCHEMA,
             version: env!("CARGO_PKG_VERSION").to_string(),
-            table: inputs.installed.table.clone(),
+            table: c.table.clone(),
             time: rfc3339(SystemTime::now()),
             conntrack: None,
             services,
             errors: vec![],
         },
         keys,
-        table: inputs.installed.table.clone(),
-        slot_maps,
+        table: c.table.clone(),
+        slot_maps: c.slot_maps.clone(),
     }
 }
 
@@ -99,10 +134,15 @@ fn slot_counts(installed: &Ruleset, service: &Service) -> BTreeMap<SocketAddr, u
     out
 }
 
-fn service_status(inputs: &Inputs<'_>, configured: &Service, s: &Service) -> ServiceStatus {
-    let (board, admin) = (inputs.board, inputs.admin);
+fn service_status(
+    c: &Capture,
+    probes: &ProbeLog,
+    configured: &Service,
+    s: &Service,
+    slots: &BTreeMap<SocketAddr, u32>,
+) -> ServiceStatus {
+    let (board, admin) = (&c.board, &c.admin);
     let active = render::active_backends(s, |s, b| board.is_up(s, b) && !admin.is_drained(s, b));
-    let slots = slot_counts(inputs.installed, s);
     let size: u32 = slots.values().sum();
     let backends = s
         .backends
@@ -128,7 +168,7 @@ fn service_status(inputs: &Inputs<'_>, configured: &Service, s: &Service) -> Ser
                 address: b.address.to_string(),
                 backup: b.backup,
                 health: health.to_string(),
-                last_probe: inputs.probes.get(&key).map(|p| ProbeResult {
+                last_probe: probes.get(&key).map(|p| ProbeResult {
                     ok: p.ok,
                     detail: p.detail,
                     time: rfc3339(p.at),
