@@ -33,7 +33,6 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::Path;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -46,10 +45,7 @@ use natlb::health::engine::Observer;
 use natlb::health::probe::Outcome;
 use natlb::health::{BackendKey, Board};
 use natlb::metrics::Metrics;
-use natlb::model::{
-    Backend, Conntrack, Daemon, HashFields, Health, HealthKind, Model, OnAllDown, OnBackendDown,
-    Protocol, Scheduler, Service, Snat, Vip,
-};
+use natlb::model::{Backend, Model, Scheduler, Service};
 use natlb::nft::{Change, Installed, Nft};
 use natlb::reconcile::{self, Plan};
 use natlb::render::layout;
@@ -57,9 +53,9 @@ use natlb::render::ruleset::{Family, Ruleset};
 use natlb::render::{render, service_elements};
 
 mod common;
+use common::services::*;
 use common::*;
 
-const TABLE: &str = "natlb";
 /// Withdraw/restore pairs per round: the reference commit's median has enough samples.
 const PAIRS_PER_ROUND: usize = 5;
 
@@ -141,93 +137,9 @@ fn parse_options() -> Result<Options, String> {
 // Workload (the same services as benches/commit.rs)
 // ---------------------------------------------------------------------------------------------
 
-/// VIP of service `i`: 198.18.a.b (a < 256, b in 1..=200), port 80 and up beyond 51,200.
-fn vip_of(i: usize) -> SocketAddr {
-    let host = i % (256 * 200);
-    let addr = Ipv4Addr::new(198, 18, (host / 200) as u8, (host % 200 + 1) as u8);
-    SocketAddr::new(IpAddr::V4(addr), 80 + (i / (256 * 200)) as u16)
-}
-
-/// Backend `k` of service `i`: 198.19.(i mod 256).(k+1), port 8000 + (i / 256) mod 50,000.
-fn backend_of(i: usize, k: usize) -> SocketAddr {
-    let addr = Ipv4Addr::new(198, 19, (i % 256) as u8, (k + 1) as u8);
-    SocketAddr::new(IpAddr::V4(addr), 8000 + ((i / 256) % 50_000) as u16)
-}
-
-fn build_model(services: usize, backends: usize, scheduler: Scheduler) -> Model {
-    Model {
-        daemon: Daemon {
-            table: TABLE.into(),
-            control_socket: "/run/natlb-bench/control.sock".into(),
-            control_group: None,
-            state_dir: "/tmp/natlb-bench-state".into(),
-            metrics: None,
-            keep_rules_on_exit: true,
-            hash_seed: 0,
-            hairpin_mark: 0x0010_0000,
-            least_conn_interval: Duration::from_secs(1),
-            sticky_read_wait: Duration::from_millis(3),
-        },
-        conntrack: Conntrack::default(),
-        sysctl: Default::default(),
-        services: (0..services)
-            .map(|i| {
-                let vip = vip_of(i);
-                Service {
-                    name: format!("svc{i}"),
-                    vip: Vip {
-                        addr: vip.ip(),
-                        protocol: Protocol::Tcp,
-                        port: vip.port(),
-                    },
-                    scheduler,
-                    hash: HashFields::Address,
-                    persistence: None,
-                    snat: Snat::Masquerade,
-                    on_all_down: OnAllDown::Reject,
-                    on_backend_down: OnBackendDown::Keep,
-                    health: Health {
-                        kind: HealthKind::Tcp,
-                        interval: Duration::from_secs(2),
-                        fast_interval: Duration::from_millis(500),
-                        timeout: Duration::from_secs(2),
-                        rise: 2,
-                        fall: 3,
-                    },
-                    backends: (0..backends)
-                        .map(|k| Backend {
-                            address: backend_of(i, k),
-                            weight: 1,
-                            backup: false,
-                            health_port: None,
-                        })
-                        .collect(),
-                }
-            })
-            .collect(),
-        egress: vec![],
-    }
-}
-
 // ---------------------------------------------------------------------------------------------
 // Measurements
 // ---------------------------------------------------------------------------------------------
-
-/// Median and p99 (nearest rank) of `v`, in ms.
-fn median_p99(v: &[Duration]) -> (f64, f64) {
-    if v.is_empty() {
-        return (f64::NAN, f64::NAN);
-    }
-    let mut s = v.to_vec();
-    s.sort();
-    let rank = |q: f64| ((q * s.len() as f64).ceil() as usize).clamp(1, s.len()) - 1;
-    let median = if s.len() % 2 == 1 {
-        ms(s[s.len() / 2])
-    } else {
-        (ms(s[s.len() / 2 - 1]) + ms(s[s.len() / 2])) / 2.0
-    };
-    (median, ms(s[rank(0.99)]))
-}
 
 fn median(v: &[Duration]) -> f64 {
     median_p99(v).0
@@ -255,15 +167,14 @@ impl World {
         let installed_model = self.model.clone();
         let clone = started.elapsed();
         let started = Instant::now();
-        let capture = status::capture(&Inputs {
+        let capture = status::capture(Inputs {
             config: &self.model,
-            installed_model: &installed_model,
+            installed_model,
             board: &self.board,
             admin: &self.admin,
             installed: &self.installed,
         });
         let took = started.elapsed();
-        drop(installed_model);
         let started = Instant::now();
         let snap = status::snapshot(&capture, &self.metrics.probe_log);
         let document = started.elapsed();

@@ -1006,10 +1006,9 @@ impl Daemon {
         // A client that went away gets no answer: the send error is of no interest.
         match command {
             Command::Status(reply) => {
-                let installed_model = self.effective_model();
-                let capture = status::capture(&status::Inputs {
+                let capture = status::capture(status::Inputs {
                     config: &self.config,
-                    installed_model: &installed_model,
+                    installed_model: self.effective_model(),
                     board: &self.board,
                     admin: &self.admin,
                     installed: &self.installed,

@@ -2,6 +2,7 @@
 //! Drop guards and, on SIGINT / SIGTERM / SIGHUP, by a watcher thread.
 #![allow(dead_code)]
 
+pub mod services;
 pub mod tun_responder;
 
 use std::fs::File;
@@ -343,4 +344,20 @@ pub fn start(what: &str) -> bool {
         eprintln!("bench: load average at start: {}", load.trim());
     }
     true
+}
+
+/// Median and p99 (nearest rank) of `v`, in ms.
+pub fn median_p99(v: &[Duration]) -> (f64, f64) {
+    if v.is_empty() {
+        return (f64::NAN, f64::NAN);
+    }
+    let mut s = v.to_vec();
+    s.sort();
+    let rank = |q: f64| ((q * s.len() as f64).ceil() as usize).clamp(1, s.len()) - 1;
+    let median = if s.len() % 2 == 1 {
+        ms(s[s.len() / 2])
+    } else {
+        (ms(s[s.len() / 2 - 1]) + ms(s[s.len() / 2])) / 2.0
+    };
+    (median, ms(s[rank(0.99)]))
 }

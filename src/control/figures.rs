@@ -95,7 +95,12 @@ struct Read {
     counters: Result<(), String>,
 }
 
-fn read(snap: &Snapshot, families: &[IpAddr], traffic: &mut Traffic) -> Read {
+fn read(
+    snap: &Snapshot,
+    families: &[IpAddr],
+    of: (String, Vec<bool>),
+    traffic: &mut Traffic,
+) -> Read {
     let at = std::time::Instant::now();
     let conntrack = crate::conntrack_pressure::read(Path::new("/proc/sys"))
         .map(|f| ConntrackFill {
@@ -114,10 +119,7 @@ fn read(snap: &Snapshot, families: &[IpAddr], traffic: &mut Traffic) -> Read {
         .map_err(|e| format!("cannot read the slot maps' counters: {e}"));
     Read {
         at,
-        of: (
-            snap.table.clone(),
-            families.iter().map(IpAddr::is_ipv4).collect(),
-        ),
+        of,
         conntrack,
         connections,
         counters,
@@ -148,7 +150,7 @@ pub fn fill(snap: &mut Snapshot, figures: &Figures) {
         .as_ref()
         .is_some_and(|r| r.of == of && r.at >= asked);
     if !fresh {
-        let r = read(snap, &families, &mut state.traffic);
+        let r = read(snap, &families, of, &mut state.traffic);
         state.last = Some(r);
     }
     let State { traffic, last } = &*state;

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::{Bytes, Incoming};
-use hyper::{Method, Request, Response, StatusCode};
+use hyper::{Method, Request, Response};
 use hyper_util::rt::TokioIo;
 use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::{mpsc, oneshot};
@@ -338,12 +338,4 @@ async fn metrics(req: Request<Incoming>, shared: Arc<Shared>) -> Result<Answer, 
         ),
         Err(e) => text(503, "text/plain; charset=utf-8", format!("{}\n", e.message)),
     })
-}
-
-/// HTTP status names for the client's messages.
-pub fn reason(status: u16) -> &'static str {
-    StatusCode::from_u16(status)
-        .ok()
-        .and_then(|s| s.canonical_reason())
-        .unwrap_or("")
 }

@@ -31,12 +31,13 @@ pub struct ServiceKey {
     pub backends: Vec<SocketAddr>,
 }
 
-/// What the daemon knows, borrowed for one capture.
+/// What the daemon knows, for one capture.
 pub struct Inputs<'a> {
     /// The config as loaded (the configured weights).
     pub config: &'a Model,
-    /// The model as installed: operators' weights, `least-conn` services' effective weights.
-    pub installed_model: &'a Model,
+    /// The model as installed: operators' weights, `least-conn` services' effective weights
+    /// (a copy the daemon makes anyway: the capture keeps it).
+    pub installed_model: Model,
     pub board: &'a Board,
     pub admin: &'a AdminState,
     pub installed: &'a Ruleset,
@@ -56,18 +57,19 @@ pub struct Capture {
     slot_maps: Vec<SetSpec>,
 }
 
-pub fn capture(inputs: &Inputs<'_>) -> Capture {
+pub fn capture(inputs: Inputs<'_>) -> Capture {
+    let slots = inputs
+        .installed_model
+        .services
+        .iter()
+        .map(|s| slot_counts(inputs.installed, s))
+        .collect();
     Capture {
         config: inputs.config.clone(),
-        installed_model: inputs.installed_model.clone(),
+        installed_model: inputs.installed_model,
         board: inputs.board.clone(),
         admin: inputs.admin.clone(),
-        slots: inputs
-            .installed_model
-            .services
-            .iter()
-            .map(|s| slot_counts(inputs.installed, s))
-            .collect(),
+        slots,
         table: inputs.installed.table.clone(),
         slot_maps: [Family::V4, Family::V6]
             .into_iter()
